@@ -1,0 +1,193 @@
+//! The environment layer: `FCGIHOST_<KEY>` / `FCGIHOST_<TABLE>_<KEY>` for every key, plus the
+//! wfastcgi names (`WSGI_HANDLER`, `WSGI_PTVSD_SECRET`, `WSGI_LOG`,
+//! `WSGI_RESTART_FILE_REGEX`) that IIS sites set through `<environmentVariables>`. A bad value
+//! is an error naming the variable; an unknown `FCGIHOST_*` variable is a warning.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use super::values;
+use super::{
+    absolutize, non_empty, non_zero, parse_duration, resolve_program, ConfigError, Partial,
+    Source,
+};
+
+/// Variables the host sets for its workers (worker protocol); setting them for the host
+/// does nothing, which the warning says.
+const WORKER_ONLY: &[&str] = &[
+    "FCGIHOST_CONTROL_FD",
+    "FCGIHOST_WORKER_ID",
+    "FCGIHOST_DEBUG",
+    "FCGIHOST_WELCOME",
+];
+
+/// Reads variables and remembers which names it asked for, to spot unknown ones.
+struct Reader<'a> {
+    env: &'a HashMap<String, String>,
+    asked: BTreeSet<&'static str>,
+}
+
+impl Reader<'_> {
+    /// Sets `slot` from the first of `names` present in the environment.
+    fn set<T>(
+        &mut self,
+        slot: &mut Option<(T, Source)>,
+        names: &[&'static str],
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<(), ConfigError> {
+        self.asked.extend(names.iter().copied());
+        let Some((name, raw)) = names
+            .iter()
+            .find_map(|n| self.env.get(*n).map(|v| (*n, v)))
+        else {
+            return Ok(());
+        };
+        let value = parse(raw).map_err(|message| ConfigError::Env {
+            var: name.to_string(),
+            message,
+        })?;
+        *slot = Some((value, Source::Env(name.to_string())));
+        Ok(())
+    }
+}
+
+/// The separator of path lists in the environment (`os.pathsep`).
+const PATH_LIST_SEP: char = if cfg!(windows) { ';' } else { ':' };
+
+/// Reads the environment layer; relative paths resolve against `cwd`.
+pub(super) fn read(
+    env: &HashMap<String, String>,
+    cwd: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Partial, ConfigError> {
+    let mut r = Reader {
+        env,
+        asked: BTreeSet::new(),
+    };
+    let mut p = Partial::default();
+    let dur = |s: &str| parse_duration(s);
+    let opt_dur = |s: &str| parse_duration(s).map(non_zero);
+    let count = |min: u64| {
+        move |s: &str| {
+            values::parse_count(s, min)
+                .and_then(|n| usize::try_from(n).map_err(|_| format!("{n} is too large")))
+        }
+    };
+    let not_empty = |s: &str| non_empty(s).ok_or_else(|| "must not be empty".to_string());
+
+    r.set(&mut p.app, &["FCGIHOST_APP", "WSGI_HANDLER"], |s| Ok(non_empty(s)))?;
+    r.set(&mut p.app_dir, &["FCGIHOST_APP_DIR"], |s| {
+        not_empty(s).map(|s| absolutize(cwd, Path::new(&s)))
+    })?;
+    r.set(&mut p.python, &["FCGIHOST_PYTHON"], |s| {
+        not_empty(s).map(|s| resolve_program(cwd, &s))
+    })?;
+    r.set(&mut p.pythonpath, &["FCGIHOST_PYTHONPATH"], |s| {
+        Ok(s.split(PATH_LIST_SEP)
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(String::from)
+            .collect())
+    })?;
+    r.set(&mut p.listen, &["FCGIHOST_LISTEN"], values::parse_listen)?;
+    r.set(&mut p.workers, &["FCGIHOST_WORKERS"], count(1))?;
+    r.set(&mut p.max_queue, &["FCGIHOST_MAX_QUEUE"], count(0))?;
+    r.set(&mut p.queue_timeout, &["FCGIHOST_QUEUE_TIMEOUT"], dur)?;
+    r.set(&mut p.request_timeout, &["FCGIHOST_REQUEST_TIMEOUT"], opt_dur)?;
+    r.set(&mut p.graceful_timeout, &["FCGIHOST_GRACEFUL_TIMEOUT"], dur)?;
+    r.set(&mut p.startup_timeout, &["FCGIHOST_STARTUP_TIMEOUT"], |s| {
+        let d = parse_duration(s)?;
+        if d.is_zero() {
+            Err("must be greater than 0".to_string())
+        } else {
+            Ok(d)
+        }
+    })?;
+    r.set(
+        &mut p.rapid_fails_per_minute,
+        &["FCGIHOST_RAPID_FAILS_PER_MINUTE"],
+        |s| {
+            values::parse_count(s, 0)
+                .and_then(|n| u32::try_from(n).map_err(|_| format!("{n} is too large")))
+        },
+    )?;
+    r.set(
+        &mut p.script_name,
+        &["FCGIHOST_SCRIPT_NAME"],
+        values::parse_script_name,
+    )?;
+    r.set(
+        &mut p.restart_file_regex,
+        &["FCGIHOST_RESTART_FILE_REGEX", "WSGI_RESTART_FILE_REGEX"],
+        |s| Ok((!s.is_empty()).then(|| s.to_string())),
+    )?;
+    r.set(&mut p.worker_command, &["FCGIHOST_WORKER_COMMAND"], |s| {
+        values::split_words(s).map(|w| (!w.is_empty()).then_some(w))
+    })?;
+    let mut pairs = None;
+    r.set(&mut pairs, &["FCGIHOST_WORKER_ENV"], values::parse_env_pairs)?;
+    if let Some((pairs, src)) = pairs {
+        for (k, v) in pairs {
+            p.worker_env.insert(k, (v, src.clone()));
+        }
+    }
+    r.set(
+        &mut p.log_level,
+        &["FCGIHOST_LOG_LEVEL"],
+        values::parse_log_level,
+    )?;
+    r.set(&mut p.log_file, &["FCGIHOST_LOG_FILE", "WSGI_LOG"], |s| {
+        Ok(non_empty(s).map(|s| absolutize(cwd, Path::new(&s))))
+    })?;
+    r.set(&mut p.log_access, &["FCGIHOST_LOG_ACCESS"], values::parse_bool)?;
+    r.set(
+        &mut p.debug_secret,
+        &["FCGIHOST_DEBUG_SECRET", "WSGI_PTVSD_SECRET"],
+        |s| Ok(non_empty(s)),
+    )?;
+    r.set(
+        &mut p.debug_path,
+        &["FCGIHOST_DEBUG_PATH"],
+        values::parse_url_path,
+    )?;
+    r.set(
+        &mut p.debug_wait_for_attach,
+        &["FCGIHOST_DEBUG_WAIT_FOR_ATTACH"],
+        opt_dur,
+    )?;
+    r.set(&mut p.debug_max_pause, &["FCGIHOST_DEBUG_MAX_PAUSE"], opt_dur)?;
+
+    // Read by `locate_config_file`.
+    r.asked.insert("FCGIHOST_CONFIG");
+
+    let known: Vec<&str> = r
+        .asked
+        .iter()
+        .copied()
+        .filter(|n| n.starts_with("FCGIHOST_"))
+        .collect();
+    let mut unknown: Vec<&String> = env
+        .keys()
+        .filter(|k| k.starts_with("FCGIHOST_"))
+        .filter(|k| !known.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    for name in unknown {
+        if WORKER_ONLY.contains(&name.as_str()) {
+            let extra = if name == "FCGIHOST_DEBUG" {
+                " (debugging is turned on by FCGIHOST_DEBUG_SECRET)"
+            } else {
+                ""
+            };
+            warnings.push(format!(
+                "environment variable {name} ignored: fcgihost sets it for its workers{extra}"
+            ));
+            continue;
+        }
+        let hint = values::suggest(name, &known)
+            .map(|k| format!(" (did you mean {k}?)"))
+            .unwrap_or_default();
+        warnings.push(format!("unknown environment variable {name} ignored{hint}"));
+    }
+    Ok(p)
+}

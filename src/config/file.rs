@@ -1,0 +1,467 @@
+//! The `fcgihost.toml` layer: parses the file with serde (`deny_unknown_fields`, every value
+//! kept with its span), turns toml's errors into `file:line: …` messages with a "did you
+//! mean" for unknown keys, and converts each value with the shared parsers. Relative paths in
+//! the file are relative to the file's directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+use super::values::{self, quote};
+use super::{absolutize, non_empty, non_zero, resolve_program, ConfigError, Partial, Source};
+
+/// A value as written, with its byte range in the file.
+type V = Option<Spanned<Value>>;
+
+/// The top level of the file.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileTop {
+    app: V,
+    app_dir: V,
+    python: V,
+    pythonpath: V,
+    listen: V,
+    workers: V,
+    max_queue: V,
+    queue_timeout: V,
+    request_timeout: V,
+    graceful_timeout: V,
+    startup_timeout: V,
+    rapid_fails_per_minute: V,
+    script_name: V,
+    restart_file_regex: V,
+    worker: Option<FileWorker>,
+    log: Option<FileLog>,
+    debug: Option<FileDebug>,
+}
+
+/// `[worker]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileWorker {
+    command: V,
+    env: V,
+}
+
+/// `[log]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    level: V,
+    file: V,
+    access: V,
+}
+
+/// `[debug]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileDebug {
+    secret: V,
+    path: V,
+    wait_for_attach: V,
+    max_pause: V,
+}
+
+/// Keys of each table, for suggestions and for naming the table in messages.
+const TABLES: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "app",
+            "app_dir",
+            "python",
+            "pythonpath",
+            "listen",
+            "workers",
+            "max_queue",
+            "queue_timeout",
+            "request_timeout",
+            "graceful_timeout",
+            "startup_timeout",
+            "rapid_fails_per_minute",
+            "script_name",
+            "restart_file_regex",
+            "worker",
+            "log",
+            "debug",
+        ],
+    ),
+    ("worker", &["command", "env"]),
+    ("log", &["level", "file", "access"]),
+    ("debug", &["secret", "path", "wait_for_attach", "max_pause"]),
+];
+
+/// Names from wfastcgi, gunicorn and env-var habits, and the key that means the same here.
+const ALIASES: &[(&str, &str)] = &[
+    ("wsgi_handler", "app"),
+    ("wsgi_log", "log.file"),
+    ("wsgi_ptvsd_secret", "debug.secret"),
+    ("wsgi_restart_file_regex", "restart_file_regex"),
+    ("bind", "listen"),
+    ("timeout", "request_timeout"),
+    ("secret", "debug.secret"),
+    ("level", "log.level"),
+    ("log_level", "log.level"),
+    ("log_file", "log.file"),
+    ("access_log", "log.access"),
+    ("command", "worker.command"),
+    ("env", "worker.env"),
+];
+
+/// Reads and converts the TOML file. `given` is the path as the user wrote it (for messages
+/// and [`Source::File`]), `abs` the one to open.
+pub(super) fn read(given: &Path, abs: &Path) -> Result<Partial, ConfigError> {
+    let text = std::fs::read_to_string(abs).map_err(|source| ConfigError::Read {
+        path: given.to_path_buf(),
+        source,
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let base = abs.parent().unwrap_or(abs).to_path_buf();
+    let ctx = Ctx {
+        given: given.to_path_buf(),
+        text,
+        base,
+        source: Source::File(given.to_path_buf()),
+    };
+    let top: FileTop = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
+    ctx.convert(top)
+}
+
+/// What converting needs to know about the file.
+struct Ctx<'a> {
+    given: PathBuf,
+    text: &'a str,
+    base: PathBuf,
+    source: Source,
+}
+
+impl Ctx<'_> {
+    /// An error at a byte offset.
+    fn at(&self, offset: usize, message: String) -> ConfigError {
+        ConfigError::At {
+            file: self.given.clone(),
+            line: values::line_of(self.text, offset),
+            message,
+        }
+    }
+
+    /// Turns a toml/serde error into a `file:line: message` error.
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let raw = e.message().trim();
+        let message = if let Some(rest) = raw.strip_prefix("unknown field ") {
+            unknown_key_message(rest)
+        } else if raw == "duplicate key" {
+            match e.span().and_then(|s| self.text.get(s)) {
+                Some(key) => format!("duplicate key `{}`", key.trim_matches(['"', '\''])),
+                None => raw.to_string(),
+            }
+        } else if let Some(i) = raw.find("expected struct ") {
+            // A table key given a non-table value (`debug = 5`).
+            format!("{}expected a table", &raw[..i])
+        } else {
+            raw.lines().next().unwrap_or(raw).to_string()
+        };
+        match e.span() {
+            Some(span) => self.at(span.start, message),
+            None => ConfigError::InFile {
+                file: self.given.clone(),
+                message,
+            },
+        }
+    }
+
+    /// Converts one value; errors become `file:line: key `k`: …`.
+    fn set<T>(
+        &self,
+        slot: &mut Option<(T, Source)>,
+        value: &V,
+        key: &str,
+        conv: impl Fn(&Value) -> Result<T, String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(v) = value {
+            let t = conv(v.get_ref())
+                .map_err(|m| self.at(v.span().start, format!("key `{key}`: {m}")))?;
+            *slot = Some((t, self.source.clone()));
+        }
+        Ok(())
+    }
+
+    /// All values of the file, converted.
+    fn convert(&self, top: FileTop) -> Result<Partial, ConfigError> {
+        let mut p = Partial::default();
+        let base = self.base.as_path();
+        self.set(&mut p.app, &top.app, "app", |v| text(v).map(|s| non_empty(&s)))?;
+        self.set(&mut p.app_dir, &top.app_dir, "app_dir", |v| {
+            nonempty_text(v).map(|s| absolutize(base, Path::new(&s)))
+        })?;
+        self.set(&mut p.python, &top.python, "python", |v| {
+            nonempty_text(v).map(|s| resolve_program(base, &s))
+        })?;
+        self.set(&mut p.pythonpath, &top.pythonpath, "pythonpath", strings)?;
+        self.set(&mut p.listen, &top.listen, "listen", |v| match v {
+            Value::Integer(n) => u16::try_from(*n)
+                .map(values::loopback)
+                .map_err(|_| format!("invalid port {n}")),
+            _ => text(v).and_then(|s| values::parse_listen(&s)),
+        })?;
+        self.set(&mut p.workers, &top.workers, "workers", |v| count(v, 1))?;
+        self.set(&mut p.max_queue, &top.max_queue, "max_queue", |v| count(v, 0))?;
+        self.set(&mut p.queue_timeout, &top.queue_timeout, "queue_timeout", duration)?;
+        self.set(
+            &mut p.request_timeout,
+            &top.request_timeout,
+            "request_timeout",
+            |v| duration(v).map(non_zero),
+        )?;
+        self.set(
+            &mut p.graceful_timeout,
+            &top.graceful_timeout,
+            "graceful_timeout",
+            duration,
+        )?;
+        self.set(
+            &mut p.startup_timeout,
+            &top.startup_timeout,
+            "startup_timeout",
+            positive_duration,
+        )?;
+        self.set(
+            &mut p.rapid_fails_per_minute,
+            &top.rapid_fails_per_minute,
+            "rapid_fails_per_minute",
+            |v| {
+                count(v, 0)
+                    .and_then(|n| u32::try_from(n).map_err(|_| format!("{n} is too large")))
+            },
+        )?;
+        self.set(&mut p.script_name, &top.script_name, "script_name", |v| {
+            text(v).and_then(|s| values::parse_script_name(&s))
+        })?;
+        self.set(
+            &mut p.restart_file_regex,
+            &top.restart_file_regex,
+            "restart_file_regex",
+            |v| text(v).map(|s| (!s.is_empty()).then_some(s)),
+        )?;
+
+        let worker = top.worker.unwrap_or_default();
+        self.set(&mut p.worker_command, &worker.command, "worker.command", |v| {
+            let words = strings(v)?;
+            if words.is_empty() {
+                return Err("must name a program (remove the key to use the built-in worker)".into());
+            }
+            Ok(Some(words))
+        })?;
+        let mut env = None;
+        self.set(&mut env, &worker.env, "worker.env", env_table)?;
+        if let Some((pairs, src)) = env {
+            for (k, v) in pairs {
+                p.worker_env.insert(k, (v, src.clone()));
+            }
+        }
+
+        let log = top.log.unwrap_or_default();
+        self.set(&mut p.log_level, &log.level, "log.level", |v| {
+            text(v).and_then(|s| values::parse_log_level(&s))
+        })?;
+        self.set(&mut p.log_file, &log.file, "log.file", |v| {
+            text(v).map(|s| non_empty(&s).map(|s| absolutize(base, Path::new(&s))))
+        })?;
+        self.set(&mut p.log_access, &log.access, "log.access", boolean)?;
+
+        let debug = top.debug.unwrap_or_default();
+        self.set(&mut p.debug_secret, &debug.secret, "debug.secret", |v| {
+            text(v).map(|s| non_empty(&s))
+        })?;
+        self.set(&mut p.debug_path, &debug.path, "debug.path", |v| {
+            text(v).and_then(|s| values::parse_url_path(&s))
+        })?;
+        self.set(
+            &mut p.debug_wait_for_attach,
+            &debug.wait_for_attach,
+            "debug.wait_for_attach",
+            |v| duration(v).map(non_zero),
+        )?;
+        self.set(
+            &mut p.debug_max_pause,
+            &debug.max_pause,
+            "debug.max_pause",
+            |v| duration(v).map(non_zero),
+        )?;
+        Ok(p)
+    }
+}
+
+/// Builds `unknown key `k` [in [table]] (did you mean `x`?)` from serde's
+/// "`k`, expected one of `a`, `b`" (the expected list tells which table it was).
+fn unknown_key_message(rest: &str) -> String {
+    let quoted: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let Some((key, expected)) = quoted.split_first() else {
+        return format!("unknown key {rest}");
+    };
+    let table = TABLES.iter().find(|(_, keys)| {
+        keys.len() == expected.len() && expected.iter().all(|e| keys.contains(e))
+    });
+    let (table_name, known): (&str, &[&str]) = match table {
+        Some((name, keys)) => (name, keys),
+        None => ("", expected),
+    };
+    let place = if table_name.is_empty() {
+        String::new()
+    } else {
+        format!(" in [{table_name}]")
+    };
+    let hint = suggestion(key, table_name, known);
+    format!("unknown key `{key}`{place}{hint}")
+}
+
+/// ` (did you mean `x`?)`, a pointer to the table the key belongs in, or nothing.
+fn suggestion(key: &str, table: &str, known: &[&str]) -> String {
+    if let Some(k) = values::suggest(key, known) {
+        return format!(" (did you mean `{k}`?)");
+    }
+    let lower = key.to_ascii_lowercase().replace('-', "_");
+    if let Some((_, target)) = ALIASES.iter().find(|(a, _)| *a == lower) {
+        return alias_hint(target, table);
+    }
+    for (other, keys) in TABLES {
+        if *other != table && !other.is_empty() && keys.contains(&lower.as_str()) {
+            return format!(" (`{lower}` belongs in the [{other}] table)");
+        }
+    }
+    if !table.is_empty() && TABLES[0].1.contains(&lower.as_str()) {
+        return format!(" (`{lower}` is a top-level key: put it before any [table])");
+    }
+    String::new()
+}
+
+/// How to write the key an alias stands for, seen from `table`.
+fn alias_hint(target: &str, table: &str) -> String {
+    match target.split_once('.') {
+        Some((t, k)) if t == table => format!(" (did you mean `{k}`?)"),
+        Some((t, k)) => format!(" (did you mean `{k}` in the [{t}] table?)"),
+        None if table.is_empty() => format!(" (did you mean `{target}`?)"),
+        None => format!(" (did you mean the top-level key `{target}`?)"),
+    }
+}
+
+/// Names a TOML value's type (and the value, when short) for messages.
+fn found(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("string {}", quote(s)),
+        Value::Integer(n) => format!("integer {n}"),
+        Value::Float(x) => format!("float {x}"),
+        Value::Boolean(b) => format!("boolean {b}"),
+        Value::Datetime(d) => format!("date-time {d}"),
+        Value::Array(_) => "an array".to_string(),
+        Value::Table(_) => "a table".to_string(),
+    }
+}
+
+/// A string.
+fn text(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(format!("expected a string, found {}", found(v))),
+    }
+}
+
+/// A string that is not empty.
+fn nonempty_text(v: &Value) -> Result<String, String> {
+    text(v).and_then(|s| non_empty(&s).ok_or_else(|| "must not be empty".to_string()))
+}
+
+/// An array of strings.
+fn strings(v: &Value) -> Result<Vec<String>, String> {
+    let err = || format!("expected an array of strings, found {}", found(v));
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(format!(
+                    "expected an array of strings, found {} in it",
+                    found(other)
+                )),
+            })
+            .collect(),
+        _ => Err(err()),
+    }
+}
+
+/// A whole number ≥ `min`.
+fn count(v: &Value, min: u64) -> Result<usize, String> {
+    match v {
+        Value::Integer(n) => {
+            let n = u64::try_from(*n).map_err(|_| format!("must be at least {min} (got {n})"))?;
+            let n = values::check_min(n, min)?;
+            usize::try_from(n).map_err(|_| format!("{n} is too large"))
+        }
+        _ => Err(format!("expected a whole number, found {}", found(v))),
+    }
+}
+
+/// A duration string or a number of seconds.
+fn duration(v: &Value) -> Result<Duration, String> {
+    match v {
+        Value::String(s) => values::parse_duration(s),
+        Value::Integer(n) => u64::try_from(*n)
+            .map(Duration::from_secs)
+            .map_err(|_| format!("invalid duration {n} (must not be negative)")),
+        _ => Err(format!(
+            "expected a duration such as \"90s\" or a number of seconds, found {}",
+            found(v)
+        )),
+    }
+}
+
+/// A duration that must not be zero.
+fn positive_duration(v: &Value) -> Result<Duration, String> {
+    duration(v).and_then(|d| {
+        if d.is_zero() {
+            Err("must be greater than 0".to_string())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+/// `true` or `false`.
+fn boolean(v: &Value) -> Result<bool, String> {
+    match v {
+        Value::Boolean(b) => Ok(*b),
+        _ => Err(format!("expected true or false, found {}", found(v))),
+    }
+}
+
+/// `{ NAME = "value" }`; numbers and booleans are taken as their text.
+fn env_table(v: &Value) -> Result<BTreeMap<String, String>, String> {
+    let Value::Table(t) = v else {
+        return Err(format!(
+            "expected a table such as {{ NAME = \"value\" }}, found {}",
+            found(v)
+        ));
+    };
+    t.iter()
+        .map(|(k, val)| {
+            values::check_env_name(k)?;
+            let s = match val {
+                Value::String(s) => s.clone(),
+                Value::Integer(n) => n.to_string(),
+                Value::Float(x) => x.to_string(),
+                Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "`{k}`: expected a string, found {}",
+                        found(other)
+                    ))
+                }
+            };
+            Ok((k.clone(), s))
+        })
+        .collect()
+}

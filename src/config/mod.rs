@@ -1,0 +1,722 @@
+//! fcgihost's configuration: the [`Config`] every other part runs from, built from five
+//! layers — command line > environment > `fcgihost.toml` > web.config `<appSettings>` (the
+//! wfastcgi settings, in the app directory) > defaults — with the source of every effective
+//! value remembered for `fcgihost check` ([`Loaded::sources`], [`render_sources`]).
+//!
+//! This module owns reading and validating those layers and the messages users see when a
+//! value is wrong (`fcgihost.toml:3: unknown key `wokers` (did you mean `workers`?)`). It does
+//! not act on any value. Submodules: `values` (text parsers), `file` (TOML), `env`
+//! (environment variables), `webconfig` (web.config XML).
+
+mod env;
+mod file;
+#[cfg(test)]
+mod tests;
+mod values;
+mod webconfig;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+pub use values::parse_duration;
+
+/// Where an effective value came from, so `fcgihost check` can say why a setting has the
+/// value it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Built-in default.
+    Default,
+    /// `<appSettings>` of the web.config at this path.
+    WebConfig(PathBuf),
+    /// The TOML config file, path as given (`fcgihost.toml` when found in the current dir).
+    File(PathBuf),
+    /// This environment variable.
+    Env(String),
+    /// A command-line flag.
+    Cli,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::WebConfig(_) => f.write_str("web.config"),
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::Env(var) => write!(f, "env {var}"),
+            Source::Cli => f.write_str("command line"),
+        }
+    }
+}
+
+/// The settings the command line can override; `None` means "not given". The CLI parser
+/// (clap, in main) fills this so this module does not depend on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CliOverrides {
+    /// `--config`: the TOML file to read (an error if it does not exist).
+    pub config_file: Option<PathBuf>,
+    /// `--app`: the WSGI app spec.
+    pub app: Option<String>,
+    /// `--app-dir`: the app directory (relative to the current dir).
+    pub app_dir: Option<PathBuf>,
+    /// `--python`: the interpreter.
+    pub python: Option<String>,
+    /// `--listen`: address to serve HTTP on.
+    pub listen: Option<String>,
+    /// `--workers`: number of worker processes.
+    pub workers: Option<usize>,
+    /// `--request-timeout`: duration text, `0` disables.
+    pub request_timeout: Option<String>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+}
+
+/// The effective configuration the host runs from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// WSGI app spec (`pkg.mod:app`, `pkg.mod.create_app()`); `None` serves the built-in
+    /// welcome page.
+    pub app: Option<String>,
+    /// Absolute app directory: workers chdir here and put it first on `sys.path`.
+    pub app_dir: PathBuf,
+    /// Interpreter to start workers with; relative paths (`.venv/bin/python`) are already
+    /// made absolute against the directory of whatever set them.
+    pub python: String,
+    /// Extra `sys.path` entries, appended in order (relative ones are relative to `app_dir`).
+    pub pythonpath: Vec<String>,
+    /// Address the HTTP front door binds.
+    pub listen: SocketAddr,
+    /// Number of worker processes (≥ 1).
+    pub workers: usize,
+    /// Requests that may wait for a worker before the front door answers 503.
+    pub max_queue: usize,
+    /// Longest wait in that queue before 503.
+    pub queue_timeout: Duration,
+    /// Pause-aware per-request limit; `None` = no limit.
+    pub request_timeout: Option<Duration>,
+    /// Time given to in-flight requests on shutdown or recycle.
+    pub graceful_timeout: Duration,
+    /// Time a worker has to import the app and report ready (> 0).
+    pub startup_timeout: Duration,
+    /// Worker start failures per minute after which the supervisor stops respawning.
+    pub rapid_fails_per_minute: u32,
+    /// Mount prefix split off the front of `PATH_INFO` (`""` or `/prefix`, no trailing `/`).
+    pub script_name: String,
+    /// Restart workers when a file under `app_dir` whose path matches changes; `None` = never.
+    pub restart_file_regex: Option<String>,
+    /// Worker process settings.
+    pub worker: WorkerConfig,
+    /// Logging settings.
+    pub log: LogConfig,
+    /// Remote-debugging settings.
+    pub debug: DebugConfig,
+}
+
+/// `[worker]`: what runs as a worker and what it gets in its environment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkerConfig {
+    /// A FastCGI program to run instead of the shipped Python worker (listening socket on
+    /// fd 0); `None` = the shipped worker.
+    pub command: Option<Vec<String>>,
+    /// Extra environment for workers (web.config appSettings that are not fcgihost's own
+    /// arrive here, as wfastcgi put them in `os.environ`).
+    pub env: BTreeMap<String, String>,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Level (`trace` … `error`, `off`) or a tracing filter directive.
+    pub level: String,
+    /// Also append log lines to this file (absolute).
+    pub file: Option<PathBuf>,
+    /// Write one access-log line per request.
+    pub access: bool,
+}
+
+/// `[debug]`: remote debugging through the `/ptvsd` WebSocket proxy.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DebugConfig {
+    /// The attach secret; setting it turns debug mode on. Never printed.
+    pub secret: Option<String>,
+    /// URL path of the debug proxy endpoint (`/ptvsd`).
+    pub path: String,
+    /// Hold requests until a debugger attaches, at most this long; `None` = don't wait.
+    pub wait_for_attach: Option<Duration>,
+    /// Longest time the request clock stays stopped for one pause; `None` = no limit.
+    pub max_pause: Option<Duration>,
+}
+
+impl fmt::Debug for DebugConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DebugConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("path", &self.path)
+            .field("wait_for_attach", &self.wait_for_attach)
+            .field("max_pause", &self.max_pause)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Debug mode is on exactly when a secret is configured.
+    pub fn debug_enabled(&self) -> bool {
+        self.debug.secret.is_some()
+    }
+}
+
+/// The result of [`load`]: the configuration, where each value came from, and the non-fatal
+/// problems found on the way (to be logged as warnings).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The effective configuration.
+    pub config: Config,
+    /// Every effective setting with its display value and source, in a stable order.
+    pub sources: Vec<Setting>,
+    /// Warnings: unknown `FCGIHOST_*` variables, wfastcgi settings that no longer apply, …
+    pub warnings: Vec<String>,
+    /// The TOML file that was read (path as given), if any.
+    pub config_file: Option<PathBuf>,
+    /// The web.config that was read (absolute), if any.
+    pub web_config: Option<PathBuf>,
+}
+
+/// One effective setting as `fcgihost check` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// Dotted key (`workers`, `debug.secret`, `worker.env.DJANGO_SETTINGS_MODULE`).
+    pub key: String,
+    /// Display value; secrets are shown as `<set>`, never their value.
+    pub value: String,
+    /// Where the value came from.
+    pub source: Source,
+}
+
+/// A configuration problem; `Display` is the message for the user (main exits with code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file named by `--config` or `FCGIHOST_CONFIG` does not exist.
+    #[error("config file {} (from {origin}) not found", path.display())]
+    ConfigNotFound {
+        /// The path as given.
+        path: PathBuf,
+        /// `--config` or `env FCGIHOST_CONFIG`.
+        origin: String,
+    },
+    /// A file exists but could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A problem at a line of a file (TOML or web.config).
+    #[error("{}:{line}: {message}", file.display())]
+    At {
+        /// The file, path as given.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A problem in a file that has no line to point at.
+    #[error("{}: {message}", file.display())]
+    InFile {
+        /// The file, path as given.
+        file: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment variable has a bad value.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A command-line flag has a bad value.
+    #[error("command line {flag}: {message}")]
+    Cli {
+        /// The flag (`--workers`).
+        flag: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The app directory does not exist.
+    #[error("app_dir {} (from {origin}) is not a directory", path.display())]
+    AppDir {
+        /// The absolute path.
+        path: PathBuf,
+        /// Who set it.
+        origin: Source,
+    },
+    /// The current directory cannot be determined.
+    #[error("cannot determine the current directory: {0}")]
+    CurrentDir(std::io::Error),
+}
+
+/// One value a layer sets, with the source that set it.
+type Slot<T> = Option<(T, Source)>;
+
+/// What one layer sets; `None` fields leave the value to lower layers. `Some(None)` in an
+/// optional setting is an explicit "off" (an empty string, `0`).
+#[derive(Debug, Default)]
+struct Partial {
+    app: Slot<Option<String>>,
+    app_dir: Slot<PathBuf>,
+    python: Slot<String>,
+    pythonpath: Slot<Vec<String>>,
+    listen: Slot<SocketAddr>,
+    workers: Slot<usize>,
+    max_queue: Slot<usize>,
+    queue_timeout: Slot<Duration>,
+    request_timeout: Slot<Option<Duration>>,
+    graceful_timeout: Slot<Duration>,
+    startup_timeout: Slot<Duration>,
+    rapid_fails_per_minute: Slot<u32>,
+    script_name: Slot<String>,
+    restart_file_regex: Slot<Option<String>>,
+    worker_command: Slot<Option<Vec<String>>>,
+    /// Merged per variable name across layers.
+    worker_env: BTreeMap<String, (String, Source)>,
+    log_level: Slot<String>,
+    log_file: Slot<Option<PathBuf>>,
+    log_access: Slot<bool>,
+    debug_secret: Slot<Option<String>>,
+    debug_path: Slot<String>,
+    debug_wait_for_attach: Slot<Option<Duration>>,
+    debug_max_pause: Slot<Option<Duration>>,
+}
+
+/// wfastcgi's default `WSGI_RESTART_FILE_REGEX`.
+pub const DEFAULT_RESTART_FILE_REGEX: &str = r".*((\.py)|(\.config))$";
+
+/// The interpreter used when none is configured.
+fn default_python() -> &'static str {
+    if cfg!(windows) {
+        "python"
+    } else {
+        "python3"
+    }
+}
+
+/// An empty string means "off".
+fn non_empty(s: &str) -> Option<String> {
+    let t = s.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// A zero duration means "off".
+fn non_zero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+/// Makes `p` absolute against `base` and drops `.` components (no symlink resolution, so the
+/// path stays the one the user wrote).
+fn absolutize(base: &Path, p: &Path) -> PathBuf {
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    joined
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+/// An interpreter written as a relative path (`.venv/bin/python`) is made absolute against
+/// `base`; a bare name (`python3`) is left for the PATH search.
+fn resolve_program(base: &Path, s: &str) -> String {
+    let looks_like_path = s.contains('/') || s.contains(std::path::MAIN_SEPARATOR);
+    if looks_like_path && !Path::new(s).is_absolute() {
+        absolutize(base, Path::new(s))
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Loads the configuration from the command line, the given environment (pass
+/// `std::env::vars().collect()`), the config file and the app's web.config.
+pub fn load(cli: &CliOverrides, env: &HashMap<String, String>) -> Result<Loaded, ConfigError> {
+    let cwd = std::env::current_dir().map_err(ConfigError::CurrentDir)?;
+    load_with_cwd(cli, env, &cwd)
+}
+
+/// [`load`] with an explicit current directory (relative paths from the command line and the
+/// environment resolve against it; `./fcgihost.toml` is looked for in it). For tests.
+pub fn load_with_cwd(
+    cli: &CliOverrides,
+    env: &HashMap<String, String>,
+    cwd: &Path,
+) -> Result<Loaded, ConfigError> {
+    let mut warnings = Vec::new();
+
+    let config_file = locate_config_file(cli, env, cwd)?;
+    let file_layer = match &config_file {
+        Some((given, abs)) => file::read(given, abs)?,
+        None => Partial::default(),
+    };
+    let env_layer = env::read(env, cwd, &mut warnings)?;
+    let cli_layer = cli_layer(cli, cwd)?;
+
+    let default_dir = config_file
+        .as_ref()
+        .and_then(|(_, abs)| abs.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| cwd.to_path_buf());
+    let (app_dir, app_dir_src) = [&cli_layer, &env_layer, &file_layer]
+        .iter()
+        .find_map(|l| l.app_dir.clone())
+        .unwrap_or((default_dir, Source::Default));
+    if !app_dir.is_dir() {
+        return Err(ConfigError::AppDir {
+            path: app_dir,
+            origin: app_dir_src,
+        });
+    }
+    let (web_layer, web_config) = webconfig::read(&app_dir, env, &mut warnings)?;
+
+    let layers = [&cli_layer, &env_layer, &file_layer, &web_layer];
+    macro_rules! pick {
+        ($field:ident, $default:expr) => {
+            layers
+                .iter()
+                .find_map(|l| l.$field.clone())
+                .unwrap_or_else(|| ($default, Source::Default))
+        };
+    }
+
+    let platform_port = platform_port(env)?;
+    let listen = match layers.iter().find_map(|l| l.listen.clone()) {
+        Some((addr, src)) => {
+            if let Some((port, var)) = &platform_port {
+                if addr.port() != *port {
+                    warnings.push(format!(
+                        "listen {addr} (from {src}) differs from {var}={port}: the server in \
+                         front forwards to port {port}; remove `listen` to follow it"
+                    ));
+                }
+            }
+            (addr, src)
+        }
+        None => match platform_port {
+            Some((port, var)) => (values::loopback(port), Source::Env(var)),
+            None => (values::loopback(8000), Source::Default),
+        },
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let mut worker_env = BTreeMap::new();
+    for layer in layers.iter().rev() {
+        worker_env.extend(layer.worker_env.clone());
+    }
+
+    let app = pick!(app, None);
+    let python = pick!(python, default_python().to_string());
+    let pythonpath = pick!(pythonpath, Vec::new());
+    let workers = pick!(workers, cpus);
+    let max_queue = pick!(max_queue, 1000);
+    let queue_timeout = pick!(queue_timeout, Duration::from_secs(30));
+    let request_timeout = pick!(request_timeout, Some(Duration::from_secs(90)));
+    let graceful_timeout = pick!(graceful_timeout, Duration::from_secs(30));
+    let startup_timeout = pick!(startup_timeout, Duration::from_secs(60));
+    let rapid_fails = pick!(rapid_fails_per_minute, 10);
+    let script_name = pick!(script_name, String::new());
+    let restart = pick!(
+        restart_file_regex,
+        Some(DEFAULT_RESTART_FILE_REGEX.to_string())
+    );
+    let command = pick!(worker_command, None);
+    let log_level = pick!(log_level, "info".to_string());
+    let log_file = pick!(log_file, None);
+    let log_access = pick!(log_access, true);
+    let secret = pick!(debug_secret, None);
+    let debug_path = pick!(debug_path, "/ptvsd".to_string());
+    let wait = pick!(debug_wait_for_attach, None);
+    let max_pause = pick!(debug_max_pause, None);
+
+    if secret.0.is_none() {
+        for (key, slot) in [
+            ("debug.wait_for_attach", &wait),
+            ("debug.max_pause", &max_pause),
+        ] {
+            if slot.0.is_some() {
+                warnings.push(format!(
+                    "{key} (from {}) has no effect: debugging is off (no debug.secret)",
+                    slot.1
+                ));
+            }
+        }
+    }
+    if let (Some(s), src) = &secret {
+        if s.chars().count() < 16 {
+            warnings.push(format!(
+                "debug.secret (from {src}) is only {} characters: anyone who guesses it can run \
+                 code in the app; use 20 or more random characters",
+                s.chars().count()
+            ));
+        }
+    }
+
+    let config = Config {
+        app: app.0.clone(),
+        app_dir: app_dir.clone(),
+        python: python.0.clone(),
+        pythonpath: pythonpath.0.clone(),
+        listen: listen.0,
+        workers: workers.0,
+        max_queue: max_queue.0,
+        queue_timeout: queue_timeout.0,
+        request_timeout: request_timeout.0,
+        graceful_timeout: graceful_timeout.0,
+        startup_timeout: startup_timeout.0,
+        rapid_fails_per_minute: rapid_fails.0,
+        script_name: script_name.0.clone(),
+        restart_file_regex: restart.0.clone(),
+        worker: WorkerConfig {
+            command: command.0.clone(),
+            env: worker_env
+                .iter()
+                .map(|(k, (v, _))| (k.clone(), v.clone()))
+                .collect(),
+        },
+        log: LogConfig {
+            level: log_level.0.clone(),
+            file: log_file.0.clone(),
+            access: log_access.0,
+        },
+        debug: DebugConfig {
+            secret: secret.0.clone(),
+            path: debug_path.0.clone(),
+            wait_for_attach: wait.0,
+            max_pause: max_pause.0,
+        },
+    };
+
+    let dur = |d: Duration| values::format_duration(d);
+    let off = |d: Option<Duration>, none: &str| d.map_or_else(|| none.to_string(), dur);
+    let text = |s: &str| {
+        if s.is_empty() {
+            "\"\"".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let mut sources = Vec::new();
+    let mut add = |key: &str, value: String, source: &Source| {
+        sources.push(Setting {
+            key: key.to_string(),
+            value,
+            source: source.clone(),
+        });
+    };
+    add(
+        "app",
+        app.0
+            .clone()
+            .unwrap_or_else(|| "(none: built-in welcome page)".into()),
+        &app.1,
+    );
+    add("app_dir", app_dir.display().to_string(), &app_dir_src);
+    add("python", python.0, &python.1);
+    add("pythonpath", list_text(&pythonpath.0), &pythonpath.1);
+    add("listen", listen.0.to_string(), &listen.1);
+    add("workers", workers.0.to_string(), &workers.1);
+    add("max_queue", max_queue.0.to_string(), &max_queue.1);
+    add("queue_timeout", dur(queue_timeout.0), &queue_timeout.1);
+    add(
+        "request_timeout",
+        off(request_timeout.0, "0 (off)"),
+        &request_timeout.1,
+    );
+    add("graceful_timeout", dur(graceful_timeout.0), &graceful_timeout.1);
+    add("startup_timeout", dur(startup_timeout.0), &startup_timeout.1);
+    add("rapid_fails_per_minute", rapid_fails.0.to_string(), &rapid_fails.1);
+    add("script_name", text(&script_name.0), &script_name.1);
+    add(
+        "restart_file_regex",
+        restart.0.unwrap_or_else(|| "\"\" (never)".into()),
+        &restart.1,
+    );
+    add(
+        "worker.command",
+        command
+            .0
+            .as_deref()
+            .map_or_else(|| "(built-in worker)".into(), values::join_words),
+        &command.1,
+    );
+    if worker_env.is_empty() {
+        add("worker.env", "{}".into(), &Source::Default);
+    }
+    for (name, (value, src)) in &worker_env {
+        let shown = if looks_secret(name) {
+            "<set>".to_string()
+        } else {
+            text(value)
+        };
+        add(&format!("worker.env.{name}"), shown, src);
+    }
+    add("log.level", log_level.0, &log_level.1);
+    add(
+        "log.file",
+        log_file
+            .0
+            .map_or_else(|| "(none)".into(), |p| p.display().to_string()),
+        &log_file.1,
+    );
+    add("log.access", log_access.0.to_string(), &log_access.1);
+    add(
+        "debug.secret",
+        if secret.0.is_some() {
+            "<set>".into()
+        } else {
+            "(not set: debugging off)".into()
+        },
+        &secret.1,
+    );
+    add("debug.path", debug_path.0, &debug_path.1);
+    add("debug.wait_for_attach", off(wait.0, "0 (off)"), &wait.1);
+    add("debug.max_pause", off(max_pause.0, "0 (no limit)"), &max_pause.1);
+
+    Ok(Loaded {
+        config,
+        sources,
+        warnings,
+        config_file: config_file.map(|(given, _)| given),
+        web_config,
+    })
+}
+
+/// `["a", "b"]` without escaping (Windows paths stay readable).
+fn list_text(items: &[String]) -> String {
+    let inner: Vec<String> = items.iter().map(|s| values::quote(s)).collect();
+    format!("[{}]", inner.join(", "))
+}
+
+/// Worker environment variables whose values `fcgihost check` hides.
+fn looks_secret(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    [
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "TOKEN",
+        "KEY",
+        "CREDENTIAL",
+        "CONNECTION",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
+/// The port the server in front expects us on: `HTTP_PLATFORM_PORT` (IIS HttpPlatformHandler)
+/// or `ASPNETCORE_PORT` (ASP.NET Core Module).
+fn platform_port(env: &HashMap<String, String>) -> Result<Option<(u16, String)>, ConfigError> {
+    for var in ["HTTP_PLATFORM_PORT", "ASPNETCORE_PORT"] {
+        if let Some(v) = env.get(var).filter(|v| !v.trim().is_empty()) {
+            let port = values::parse_port(v).map_err(|message| ConfigError::Env {
+                var: var.to_string(),
+                message,
+            })?;
+            return Ok(Some((port, var.to_string())));
+        }
+    }
+    Ok(None)
+}
+
+/// Finds the TOML file: `--config`, else `FCGIHOST_CONFIG` (both must exist), else
+/// `fcgihost.toml` in the current directory if present. Returns (path as given, absolute).
+fn locate_config_file(
+    cli: &CliOverrides,
+    env: &HashMap<String, String>,
+    cwd: &Path,
+) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    let named = match (&cli.config_file, env.get("FCGIHOST_CONFIG")) {
+        (Some(p), _) => Some((p.clone(), "--config".to_string())),
+        (None, Some(v)) if !v.trim().is_empty() => {
+            Some((PathBuf::from(v), "env FCGIHOST_CONFIG".to_string()))
+        }
+        _ => None,
+    };
+    if let Some((given, origin)) = named {
+        let abs = absolutize(cwd, &given);
+        if !abs.is_file() {
+            return Err(ConfigError::ConfigNotFound {
+                path: given,
+                origin,
+            });
+        }
+        return Ok(Some((given, abs)));
+    }
+    let local = cwd.join("fcgihost.toml");
+    Ok(local
+        .is_file()
+        .then(|| (PathBuf::from("fcgihost.toml"), local)))
+}
+
+/// The command-line layer.
+fn cli_layer(cli: &CliOverrides, cwd: &Path) -> Result<Partial, ConfigError> {
+    let at = |flag: &'static str| move |message: String| ConfigError::Cli { flag, message };
+    let mut p = Partial::default();
+    if let Some(app) = &cli.app {
+        p.app = Some((non_empty(app), Source::Cli));
+    }
+    if let Some(dir) = &cli.app_dir {
+        p.app_dir = Some((absolutize(cwd, dir), Source::Cli));
+    }
+    if let Some(python) = &cli.python {
+        let python = non_empty(python).ok_or_else(|| at("--python")("must not be empty".into()))?;
+        p.python = Some((resolve_program(cwd, &python), Source::Cli));
+    }
+    if let Some(listen) = &cli.listen {
+        let addr = values::parse_listen(listen).map_err(at("--listen"))?;
+        p.listen = Some((addr, Source::Cli));
+    }
+    if let Some(n) = cli.workers {
+        values::check_min(n as u64, 1).map_err(at("--workers"))?;
+        p.workers = Some((n, Source::Cli));
+    }
+    if let Some(t) = &cli.request_timeout {
+        let d = parse_duration(t).map_err(at("--request-timeout"))?;
+        p.request_timeout = Some((non_zero(d), Source::Cli));
+    }
+    if let Some(level) = &cli.log_level {
+        let level = values::parse_log_level(level).map_err(at("--log-level"))?;
+        p.log_level = Some((level, Source::Cli));
+    }
+    Ok(p)
+}
+
+/// The `key = value   (source)` table `fcgihost check` prints, columns aligned.
+pub fn render_sources(loaded: &Loaded) -> String {
+    let key_w = loaded
+        .sources
+        .iter()
+        .map(|s| s.key.chars().count())
+        .max()
+        .unwrap_or(0);
+    let val_w = loaded
+        .sources
+        .iter()
+        .map(|s| s.value.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for s in &loaded.sources {
+        let line = format!(
+            "{:key_w$} = {:val_w$}   ({})",
+            s.key, s.value, s.source,
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! Remote debugging: the `/ptvsd` WebSocket proxy to each worker's debugpy, the DAP
+//! monitor that tells the pool when a debugger holds a worker paused, the secret check,
+//! the info page, and the `fcgihost attach` client.
+
+pub mod auth;
+pub mod dap;

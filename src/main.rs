@@ -1,0 +1,112 @@
+//! The `fcgihost` command line: parses arguments and calls the library.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use fcgihost::config::{self, CliOverrides};
+
+/// Hosts Python WSGI apps in supervised FastCGI workers, with remote debugging.
+#[derive(Parser)]
+#[command(name = "fcgihost", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host (the built-in welcome app when no app is configured).
+    Serve(HostArgs),
+    /// Validate the config, show where each value comes from, and import the app once.
+    Check(HostArgs),
+}
+
+/// Settings shared by `serve` and `check`; each overrides the environment and config files.
+#[derive(Args)]
+struct HostArgs {
+    /// Config file (default: ./fcgihost.toml when present).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// The WSGI app: `pkg.mod:app`, `pkg.mod.app` or `pkg.mod.create_app()`.
+    #[arg(long)]
+    app: Option<String>,
+    /// Directory of the app (working directory and first sys.path entry of workers).
+    #[arg(long)]
+    app_dir: Option<PathBuf>,
+    /// Number of worker processes.
+    #[arg(long, short = 'w')]
+    workers: Option<usize>,
+    /// Address to listen on (default 127.0.0.1:8000, or %HTTP_PLATFORM_PORT%).
+    #[arg(long, short = 'l')]
+    listen: Option<String>,
+    /// Python interpreter for workers (a virtualenv's python works).
+    #[arg(long)]
+    python: Option<String>,
+    /// Pause-aware request timeout, e.g. "90s"; 0 disables.
+    #[arg(long)]
+    request_timeout: Option<String>,
+    /// Log level (error, warn, info, debug, trace).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+impl HostArgs {
+    fn overrides(self) -> CliOverrides {
+        CliOverrides {
+            config_file: self.config,
+            app: self.app,
+            app_dir: self.app_dir,
+            python: self.python,
+            listen: self.listen,
+            workers: self.workers,
+            request_timeout: self.request_timeout,
+            log_level: self.log_level,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let (args, is_check) = match cli.command {
+        Command::Serve(args) => (args, false),
+        Command::Check(args) => (args, true),
+    };
+    let loaded = match config::load(&args.overrides(), &env) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("fcgihost: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(err) = fcgihost::logging::init(&loaded.config.log.level, loaded.config.log.file.as_deref()) {
+        eprintln!("fcgihost: cannot open the log file: {err}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("fcgihost: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        if is_check {
+            fcgihost::serve::check(loaded).await
+        } else {
+            fcgihost::serve::serve(loaded).await
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fcgihost: {err}");
+            match err {
+                fcgihost::Error::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}

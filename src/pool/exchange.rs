@@ -1,0 +1,396 @@
+//! Runs one HTTP request on one leased worker: streams the request body as FCGI_STDIN
+//! while reading FCGI_STDOUT (full duplex, so an app that answers before it has read its
+//! body cannot deadlock the host), parses the CGI head, streams the body back with
+//! backpressure, and enforces the pause-aware request clock (504 and a killed worker when
+//! it runs out; the clock stops while a debugger holds the worker).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+
+use super::process;
+use super::Lease;
+use crate::deadline::RequestClock;
+use crate::gateway::fcgi::{self, EndRequest, RecordDecoder, RecordType};
+use crate::gateway::response::{parse_cgi_head, CgiHead, HeadParse, MAX_HEAD};
+
+/// FastCGI request id used on worker connections (one request in flight per connection).
+pub const REQUEST_ID: u16 = 1;
+
+/// The error type of streamed response bodies.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the client learns when the exchange fails before the response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The worker died or broke the protocol: 502.
+    BadGateway,
+    /// The request clock ran out: 504.
+    Timeout,
+}
+
+/// Identity of a request for logs.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub request_id: u64,
+    pub method: String,
+    pub path: String,
+    pub remote: std::net::SocketAddr,
+    pub received: Instant,
+    pub access_log: bool,
+}
+
+/// The start of a response, sent to the HTTP side as soon as the CGI head is parsed.
+pub struct ResponseStart {
+    pub head: CgiHead,
+    pub body: ChannelBody,
+}
+
+/// A response body fed by the exchange task (bounded, so a slow client slows the worker
+/// instead of filling the host's memory).
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, BodyError>>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|r| r.map(Frame::data)))
+    }
+}
+
+/// Starts the exchange on `lease` and returns once the response head is known.
+/// `records` already holds BEGIN_REQUEST and PARAMS (and the empty STDIN when there is no
+/// body).
+pub async fn start(
+    lease: Lease,
+    records: BytesMut,
+    body: Option<Incoming>,
+    meta: RequestMeta,
+    limit: Option<Duration>,
+) -> Result<ResponseStart, Failure> {
+    let (head_tx, head_rx) = oneshot::channel();
+    let (body_tx, rx) = mpsc::channel(8);
+    tokio::spawn(drive(lease, records, body, meta, limit, head_tx, body_tx));
+    match head_rx.await {
+        Ok(Ok(head)) => Ok(ResponseStart {
+            head,
+            body: ChannelBody { rx },
+        }),
+        Ok(Err(failure)) => Err(failure),
+        Err(_) => Err(Failure::BadGateway),
+    }
+}
+
+/// Why the exchange loop ended.
+enum Outcome {
+    Ended(EndRequest),
+    WorkerLost(String),
+    Malformed(String),
+    TimedOut,
+}
+
+type Pump = Pin<Box<dyn Future<Output = (OwnedWriteHalf, BytesMut, Result<(), String>)> + Send>>;
+
+/// The write side of the worker connection: idle, or owned by the STDIN pump.
+enum WriteSide {
+    Idle(OwnedWriteHalf, BytesMut),
+    Pumping(Pump),
+    Lost,
+}
+
+async fn drive(
+    mut lease: Lease,
+    records: BytesMut,
+    body: Option<Incoming>,
+    meta: RequestMeta,
+    limit: Option<Duration>,
+    head_tx: oneshot::Sender<Result<CgiHead, Failure>>,
+    body_tx: mpsc::Sender<Result<Bytes, BodyError>>,
+) {
+    let worker = lease.worker();
+    let pid = lease.pid();
+    let request_id = meta.request_id;
+    let mut pause = lease.pause_signal();
+    let mut clock = RequestClock::start(Instant::now(), limit);
+    if *pause.borrow_and_update() {
+        clock.pause(Instant::now());
+    }
+    let Some(conn) = lease.take_conn() else {
+        let _ = head_tx.send(Err(Failure::BadGateway));
+        return;
+    };
+    let super::conn::WorkerConn {
+        mut read,
+        mut write,
+        mut read_buf,
+        write_buf,
+    } = conn;
+
+    let mut head_tx = Some(head_tx);
+    if let Err(err) = write.write_all(&records).await {
+        tracing::warn!(worker, pid, request_id, error = %err, "worker connection failed");
+        let _ = head_tx.take().map(|tx| tx.send(Err(Failure::BadGateway)));
+        log_access(&meta, worker, 502, 0);
+        return;
+    }
+    let mut write_side = match body {
+        Some(body) => WriteSide::Pumping(Box::pin(pump_stdin(body, write, write_buf))),
+        None => WriteSide::Idle(write, write_buf),
+    };
+
+    let mut decoder = RecordDecoder::default();
+    let mut head_buf = BytesMut::new();
+    let mut status: u16 = 0;
+    let mut pending: Option<Bytes> = None;
+    let mut client_gone = false;
+    let mut sent: u64 = 0;
+
+    let outcome = 'exchange: loop {
+        while pending.is_none() {
+            let record = match decoder.decode(&mut read_buf) {
+                Ok(Some(record)) => record,
+                Ok(None) => break,
+                Err(err) => break 'exchange Outcome::Malformed(err.to_string()),
+            };
+            match record.kind {
+                RecordType::Stdout if head_tx.is_some() => {
+                    head_buf.extend_from_slice(&record.content);
+                    match parse_cgi_head(&head_buf) {
+                        Ok(HeadParse::Incomplete) if head_buf.len() <= MAX_HEAD => {}
+                        Ok(HeadParse::Incomplete) => {
+                            break 'exchange Outcome::Malformed("response head too long".into())
+                        }
+                        Ok(HeadParse::Complete { head, body_offset }) => {
+                            status = head.status.as_u16();
+                            let rest = head_buf.split_off(body_offset).freeze();
+                            if !rest.is_empty() {
+                                pending = Some(rest);
+                            }
+                            if let Some(tx) = head_tx.take() {
+                                if tx.send(Ok(head)).is_err() {
+                                    client_gone = true;
+                                    pending = None;
+                                }
+                            }
+                        }
+                        Err(err) => {
+                            break 'exchange Outcome::Malformed(format!("bad response head: {err}"))
+                        }
+                    }
+                }
+                RecordType::Stdout => {
+                    if !client_gone && !record.content.is_empty() {
+                        pending = Some(record.content);
+                    }
+                }
+                RecordType::Stderr => log_stderr(worker, pid, request_id, &record.content),
+                RecordType::EndRequest => match EndRequest::parse(&record.content) {
+                    Ok(end) => break 'exchange Outcome::Ended(end),
+                    Err(err) => break 'exchange Outcome::Malformed(err.to_string()),
+                },
+                other => {
+                    break 'exchange Outcome::Malformed(format!(
+                        "unexpected {other:?} record from worker"
+                    ))
+                }
+            }
+        }
+        if client_gone && head_tx.is_none() && pending.is_none() {
+            if let WriteSide::Idle(write, buf) = &mut write_side {
+                buf.clear();
+                fcgi::put_abort_request(buf, REQUEST_ID);
+                let _ = write.write_all(buf).await;
+                buf.clear();
+            }
+        }
+        let now = Instant::now();
+        let wake = clock.next_check(now).map(tokio::time::Instant::from_std);
+        let pumping = matches!(write_side, WriteSide::Pumping(_));
+        tokio::select! {
+            biased;
+            _ = async { match wake { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                if clock.expired(Instant::now()) {
+                    break 'exchange Outcome::TimedOut;
+                }
+            }
+            changed = pause.changed() => {
+                if changed.is_ok() {
+                    let now = Instant::now();
+                    if *pause.borrow_and_update() { clock.pause(now) } else { clock.resume(now) }
+                }
+            }
+            done = async { match &mut write_side { WriteSide::Pumping(p) => p.await, _ => std::future::pending().await } }, if pumping => {
+                let (write, buf, result) = done;
+                write_side = match result {
+                    Ok(()) => WriteSide::Idle(write, buf),
+                    Err(err) => {
+                        tracing::debug!(worker, pid, request_id, error = %err, "request body ended early");
+                        client_gone = true;
+                        WriteSide::Lost
+                    }
+                };
+            }
+            permit = body_tx.reserve(), if pending.is_some() => {
+                match (permit, pending.take()) {
+                    (Ok(permit), Some(chunk)) => {
+                        sent += chunk.len() as u64;
+                        permit.send(Ok(chunk));
+                    }
+                    _ => client_gone = true,
+                }
+            }
+            read_result = read.read_buf(&mut read_buf), if pending.is_none() => {
+                match read_result {
+                    Ok(0) => break 'exchange Outcome::WorkerLost("worker closed the connection".into()),
+                    Ok(_) => {}
+                    Err(err) => break 'exchange Outcome::WorkerLost(err.to_string()),
+                }
+            }
+        }
+        if client_gone && matches!(write_side, WriteSide::Lost) && head_tx.is_none() {
+            // The client is gone and the connection's STDIN is half-sent: the
+            // connection cannot be reused; dropping it lets the worker move on.
+            break 'exchange Outcome::WorkerLost("client went away mid-request".into());
+        }
+    };
+
+    let elapsed = meta.received.elapsed();
+    match outcome {
+        Outcome::Ended(end) => {
+            if let Some(tx) = head_tx.take() {
+                tracing::warn!(worker, pid, request_id, "worker ended the request without a response head");
+                let _ = tx.send(Err(Failure::BadGateway));
+                status = 502;
+            } else if end.app_status != 0 {
+                tracing::warn!(worker, pid, request_id, app_status = end.app_status, "app failed after the response started; cutting the response");
+                let _ = body_tx.send(Err("the app failed mid-response".into())).await;
+            }
+            if let WriteSide::Idle(write, write_buf) = write_side {
+                lease.restore_conn(super::conn::WorkerConn {
+                    read,
+                    write,
+                    read_buf,
+                    write_buf,
+                });
+            }
+        }
+        Outcome::WorkerLost(reason) => {
+            if !client_gone {
+                tracing::warn!(worker, pid, request_id, reason, "worker lost mid-request");
+            }
+            fail(&mut head_tx, &body_tx, Failure::BadGateway, &mut status).await;
+        }
+        Outcome::Malformed(reason) => {
+            tracing::error!(worker, pid, request_id, reason, "worker broke the FastCGI protocol; restarting it");
+            process::signal(pid, libc::SIGKILL);
+            fail(&mut head_tx, &body_tx, Failure::BadGateway, &mut status).await;
+        }
+        Outcome::TimedOut => {
+            let now = Instant::now();
+            tracing::error!(
+                worker,
+                pid,
+                request_id,
+                method = meta.method,
+                path = meta.path,
+                ran_ms = elapsed.as_millis() as u64,
+                paused_ms = clock.paused_total(now).as_millis() as u64,
+                "request timed out (request_timeout); killing the worker"
+            );
+            process::signal(pid, libc::SIGKILL);
+            fail(&mut head_tx, &body_tx, Failure::Timeout, &mut status).await;
+        }
+    }
+    drop(lease);
+    log_access(&meta, worker, status, sent);
+}
+
+/// Tells the HTTP side the exchange failed: a status page before the head, a cut body after.
+async fn fail(
+    head_tx: &mut Option<oneshot::Sender<Result<CgiHead, Failure>>>,
+    body_tx: &mpsc::Sender<Result<Bytes, BodyError>>,
+    failure: Failure,
+    status: &mut u16,
+) {
+    match head_tx.take() {
+        Some(tx) => {
+            *status = match failure {
+                Failure::BadGateway => 502,
+                Failure::Timeout => 504,
+            };
+            let _ = tx.send(Err(failure));
+        }
+        None => {
+            let _ = body_tx.send(Err("the response was cut short".into())).await;
+        }
+    }
+}
+
+/// Streams the client's body to the worker as STDIN records, then the empty record.
+async fn pump_stdin(
+    mut body: Incoming,
+    mut write: OwnedWriteHalf,
+    mut buf: BytesMut,
+) -> (OwnedWriteHalf, BytesMut, Result<(), String>) {
+    let result = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Ok(data) = frame.into_data() {
+                if data.is_empty() {
+                    continue;
+                }
+                buf.clear();
+                fcgi::put_stream(&mut buf, RecordType::Stdin, REQUEST_ID, &data);
+                write.write_all(&buf).await.map_err(|e| e.to_string())?;
+            }
+        }
+        buf.clear();
+        fcgi::put_stream(&mut buf, RecordType::Stdin, REQUEST_ID, &[]);
+        write.write_all(&buf).await.map_err(|e| e.to_string())?;
+        buf.clear();
+        Ok(())
+    }
+    .await;
+    (write, buf, result)
+}
+
+fn log_stderr(worker: usize, pid: u32, request_id: u64, content: &[u8]) {
+    let text = String::from_utf8_lossy(content);
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        tracing::info!(target: "fcgihost::worker", worker, pid, request_id, stream = "fcgi-stderr", "{line}");
+    }
+}
+
+/// One access-log line per request.
+pub fn log_access(meta: &RequestMeta, worker: usize, status: u16, bytes: u64) {
+    if meta.access_log {
+        tracing::info!(
+            target: "fcgihost::access",
+            remote = %meta.remote,
+            method = meta.method,
+            path = meta.path,
+            status,
+            bytes,
+            duration_ms = meta.received.elapsed().as_secs_f64() * 1000.0,
+            worker,
+            request_id = meta.request_id,
+        );
+    }
+}

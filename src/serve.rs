@@ -1,0 +1,213 @@
+//! Wires the parts together for the `serve` and `check` commands: config → runtime dir →
+//! worker pool → front door, and the orderly shutdown on SIGTERM/SIGINT.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{Config, Loaded};
+use crate::front::http::{self as front_http, Front, FrontOptions};
+use crate::pool::process::{self, ControlEvent, WorkerSpec};
+use crate::pool::runtime::RuntimeDir;
+use crate::pool::{Pool, PoolSettings};
+use crate::Error;
+
+/// Runs the host until SIGTERM/SIGINT, then drains in-flight requests (up to
+/// `graceful_timeout`) and stops every worker.
+pub async fn serve(loaded: Loaded) -> Result<(), Error> {
+    let config = loaded.config;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    if config.debug_enabled() && config.worker.command.is_none() {
+        ensure_debugpy(&config.python).await?;
+    }
+    let runtime = RuntimeDir::create()?;
+    let spec = worker_spec(&config, &runtime);
+    let listener = front_http::bind(config.listen).await?;
+    tracing::info!(
+        workers = config.workers,
+        app = config.app.as_deref().unwrap_or("(built-in welcome app)"),
+        python = config.python,
+        debug = config.debug_enabled(),
+        "starting workers"
+    );
+    let pool = Pool::start(
+        PoolSettings {
+            workers: config.workers,
+            max_queue: config.max_queue,
+            queue_timeout: config.queue_timeout,
+            request_timeout: config.request_timeout,
+            startup_timeout: config.startup_timeout,
+            rapid_fails_per_minute: config.rapid_fails_per_minute,
+            debug: config.debug_enabled(),
+            spec,
+        },
+        runtime,
+    );
+    let front = Arc::new(Front::new(
+        pool.clone(),
+        FrontOptions {
+            script_name: config.script_name.clone(),
+            access_log: config.log.access,
+            debug: config.debug_enabled(),
+        },
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let grace = config.graceful_timeout;
+    let server = tokio::spawn(front_http::run(listener, front, stop_rx, grace));
+
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, "shutting down: finishing in-flight requests (graceful_timeout {:?})", grace);
+    let _ = stop_tx.send(true);
+    pool.shutdown(grace).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Prints the effective configuration with the source of each value, then imports the app
+/// once in a worker and reports what it found.
+pub async fn check(loaded: Loaded) -> Result<(), Error> {
+    println!("{}", crate::config::render_sources(&loaded));
+    for warning in &loaded.warnings {
+        println!("warning: {warning}");
+    }
+    let config = loaded.config;
+    if config.worker.command.is_some() {
+        println!("worker.command is set: fcgihost cannot import the app itself; it will start that program.");
+        return Ok(());
+    }
+    if config.debug_enabled() {
+        ensure_debugpy(&config.python).await?;
+    }
+    let runtime = RuntimeDir::create()?;
+    let spec = worker_spec(&config, &runtime);
+    let socket = runtime.socket_path(0, 0);
+    let mut spawned = process::spawn(&spec, 0, socket)
+        .map_err(|e| Error::Spawn(format!("{}: {e}", config.python)))?;
+    let outcome = tokio::time::timeout(config.startup_timeout, async {
+        loop {
+            match spawned.events.recv().await {
+                Some(ControlEvent::Ready { python, version }) => return Ok((python, version)),
+                Some(ControlEvent::AppError { traceback }) => return Err(Error::AppLoad(traceback)),
+                Some(ControlEvent::DebugpyMissing { python, install }) => {
+                    return Err(Error::DebugpyMissing { python, install })
+                }
+                Some(_) => {}
+                None => {
+                    return Err(Error::AppLoad(
+                        "the worker exited before it imported the app (see the lines above)".into(),
+                    ))
+                }
+            }
+        }
+    })
+    .await;
+    let _ = spawned.child.kill().await;
+    match outcome {
+        Ok(Ok((python, version))) => {
+            println!(
+                "ok: {} imported by {python} (Python {version})",
+                config.app.as_deref().unwrap_or("the built-in welcome app")
+            );
+            Ok(())
+        }
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(Error::AppLoad(format!(
+            "the app did not load within startup_timeout ({:?})",
+            config.startup_timeout
+        ))),
+    }
+}
+
+/// How to start workers for this config: the shipped worker under `python`, or the
+/// user's `worker.command`.
+fn worker_spec(config: &Config, runtime: &RuntimeDir) -> WorkerSpec {
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("PYTHONUNBUFFERED".into(), "1".into()),
+        ("FCGIHOST_APP_DIR".into(), config.app_dir.clone().into()),
+    ];
+    match &config.app {
+        Some(app) => env.push(("FCGIHOST_APP".into(), app.into())),
+        None => env.push(("FCGIHOST_WELCOME".into(), "1".into())),
+    }
+    if !config.pythonpath.is_empty() {
+        let joined = std::env::join_paths(config.pythonpath.iter())
+            .unwrap_or_else(|_| config.pythonpath.join(":").into());
+        env.push(("FCGIHOST_PYTHONPATH".into(), joined));
+    }
+    if config.debug_enabled() {
+        env.push(("FCGIHOST_DEBUG".into(), "1".into()));
+        env.push(("PYDEVD_DISABLE_FILE_VALIDATION".into(), "1".into()));
+    }
+    for (key, value) in &config.worker.env {
+        env.push((key.into(), value.into()));
+    }
+    match &config.worker.command {
+        Some(command) if !command.is_empty() => WorkerSpec {
+            program: command[0].clone().into(),
+            args: command[1..].iter().map(OsString::from).collect(),
+            env,
+            cwd: config.app_dir.clone(),
+            speaks_control: false,
+        },
+        _ => {
+            let mut args: Vec<OsString> = Vec::new();
+            if config.debug_enabled() {
+                args.push("-X".into());
+                args.push("frozen_modules=off".into());
+            }
+            args.push(runtime.worker_script().into());
+            WorkerSpec {
+                program: config.python.clone().into(),
+                args,
+                env,
+                cwd: config.app_dir.clone(),
+                speaks_control: true,
+            }
+        }
+    }
+}
+
+/// Fails start-up with the exact pip command when debug mode is on and the interpreter
+/// cannot import debugpy.
+async fn ensure_debugpy(python: &str) -> Result<(), Error> {
+    let output = tokio::process::Command::new(python)
+        .args(["-c", "import debugpy"])
+        .output()
+        .await
+        .map_err(|e| Error::Spawn(format!("{python}: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Error::DebugpyMissing {
+        python: python.to_owned(),
+        install: format!("{python} -m pip install debugpy"),
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C), returning which.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "Ctrl-C"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}

@@ -1,0 +1,9 @@
+"""WSGI entry point of the Django test project: fcgihost serves `djangoproj.wsgi.application`."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djangoproj.settings")
+
+application = get_wsgi_application()
