@@ -25,7 +25,9 @@ pub enum Error {
     #[error("cannot start worker: {0}")]
     Spawn(String),
     /// Debug mode is on but the interpreter cannot import debugpy.
-    #[error("debug mode needs debugpy, which {python} cannot import; install it with:\n    {install}")]
+    #[error(
+        "debug mode needs debugpy, which {python} cannot import; install it with:\n    {install}"
+    )]
     DebugpyMissing { python: String, install: String },
     /// The app could not be loaded (`fcgihost check`).
     #[error("the app failed to load:\n{0}")]

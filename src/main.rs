@@ -21,6 +21,48 @@ enum Command {
     Serve(HostArgs),
     /// Validate the config, show where each value comes from, and import the app once.
     Check(HostArgs),
+    /// Tunnel a local port to a server's /ptvsd debug proxy, for VS Code or Visual Studio.
+    Attach(AttachArgs),
+}
+
+/// `fcgihost attach URL [--listen 127.0.0.1:5678] [--insecure]`.
+#[derive(Args)]
+struct AttachArgs {
+    /// The server's debug endpoint: wss://SECRET@mysite.example.com/ptvsd (ws:// for plain HTTP).
+    #[arg(env = "FCGIHOST_ATTACH_URL", hide_env_values = true)]
+    url: String,
+    /// Local address the debugger connects to.
+    #[arg(long, default_value = "127.0.0.1:5678")]
+    listen: std::net::SocketAddr,
+    /// Skip TLS certificate verification (self-signed certificates).
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// Runs `fcgihost attach` until Ctrl-C.
+fn attach(args: AttachArgs) -> ExitCode {
+    if let Err(err) = fcgihost::logging::init("info", None) {
+        eprintln!("fcgihost: cannot set up logging: {err}");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("fcgihost: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = fcgihost::debug::attach::AttachOptions {
+        url: args.url,
+        listen: args.listen,
+        insecure: args.insecure,
+    };
+    match runtime.block_on(fcgihost::debug::attach::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fcgihost attach: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Settings shared by `serve` and `check`; each overrides the environment and config files.
@@ -69,10 +111,18 @@ impl HostArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env: HashMap<String, String> = std::env::vars().collect();
+    let env: HashMap<String, String> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
     let (args, is_check) = match cli.command {
         Command::Serve(args) => (args, false),
         Command::Check(args) => (args, true),
+        Command::Attach(args) => return attach(args),
     };
     let loaded = match config::load(&args.overrides(), &env) {
         Ok(loaded) => loaded,
@@ -81,7 +131,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(err) = fcgihost::logging::init(&loaded.config.log.level, loaded.config.log.file.as_deref()) {
+    if let Err(err) =
+        fcgihost::logging::init(&loaded.config.log.level, loaded.config.log.file.as_deref())
+    {
         eprintln!("fcgihost: cannot open the log file: {err}");
         return ExitCode::from(2);
     }

@@ -25,11 +25,18 @@ pub fn escape_html(text: &str) -> String {
 
 /// A full body from bytes, boxed as the front door's body type.
 pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An HTML page with a title, a paragraph, and optional preformatted detail.
-pub fn html(status: StatusCode, title: &str, message: &str, detail: Option<&str>) -> Response<ResponseBody> {
+pub fn html(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    detail: Option<&str>,
+) -> Response<ResponseBody> {
     let detail = detail
         .map(|d| format!("<pre>{}</pre>", escape_html(d)))
         .unwrap_or_default();

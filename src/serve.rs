@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::{Config, Loaded};
+use crate::debug::auth::Secret;
+use crate::debug::proxy::DebugProxy;
 use crate::front::http::{self as front_http, Front, FrontOptions};
 use crate::pool::process::{self, ControlEvent, WorkerSpec};
 use crate::pool::runtime::RuntimeDir;
@@ -40,6 +42,7 @@ pub async fn serve(loaded: Loaded) -> Result<(), Error> {
             max_queue: config.max_queue,
             queue_timeout: config.queue_timeout,
             request_timeout: config.request_timeout,
+            max_pause: config.debug.max_pause,
             startup_timeout: config.startup_timeout,
             rapid_fails_per_minute: config.rapid_fails_per_minute,
             debug: config.debug_enabled(),
@@ -47,20 +50,39 @@ pub async fn serve(loaded: Loaded) -> Result<(), Error> {
         },
         runtime,
     );
-    let front = Arc::new(Front::new(
+    let mut front = Front::new(
         pool.clone(),
         FrontOptions {
             script_name: config.script_name.clone(),
             access_log: config.log.access,
             debug: config.debug_enabled(),
         },
-    ));
+    );
+    if let Some(secret) = &config.debug.secret {
+        let proxy = DebugProxy::new(
+            pool.clone(),
+            Secret::new(secret.clone()),
+            config.debug.path.clone(),
+        )
+        .with_wait_for_attach(config.debug.wait_for_attach)
+        .with_max_pause(config.debug.max_pause);
+        tracing::info!(
+            path = config.debug.path,
+            "remote debugging on: the debug proxy answers at this path"
+        );
+        front = front.with_debug_proxy(Arc::new(proxy));
+    }
+    let front = Arc::new(front);
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = config.graceful_timeout;
     let server = tokio::spawn(front_http::run(listener, front, stop_rx, grace));
 
     let signal = shutdown_signal().await;
-    tracing::info!(signal, "shutting down: finishing in-flight requests (graceful_timeout {:?})", grace);
+    tracing::info!(
+        signal,
+        "shutting down: finishing in-flight requests (graceful_timeout {:?})",
+        grace
+    );
     let _ = stop_tx.send(true);
     pool.shutdown(grace).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
@@ -92,7 +114,9 @@ pub async fn check(loaded: Loaded) -> Result<(), Error> {
         loop {
             match spawned.events.recv().await {
                 Some(ControlEvent::Ready { python, version }) => return Ok((python, version)),
-                Some(ControlEvent::AppError { traceback }) => return Err(Error::AppLoad(traceback)),
+                Some(ControlEvent::AppError { traceback }) => {
+                    return Err(Error::AppLoad(traceback))
+                }
                 Some(ControlEvent::DebugpyMissing { python, install }) => {
                     return Err(Error::DebugpyMissing { python, install })
                 }
@@ -194,7 +218,10 @@ async fn shutdown_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",

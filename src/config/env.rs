@@ -8,8 +8,7 @@ use std::path::Path;
 
 use super::values;
 use super::{
-    absolutize, non_empty, non_zero, parse_duration, resolve_program, ConfigError, Partial,
-    Source,
+    absolutize, non_empty, non_zero, parse_duration, resolve_program, ConfigError, Partial, Source,
 };
 
 /// Variables the host sets for its workers (worker protocol); setting them for the host
@@ -36,10 +35,7 @@ impl Reader<'_> {
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Result<(), ConfigError> {
         self.asked.extend(names.iter().copied());
-        let Some((name, raw)) = names
-            .iter()
-            .find_map(|n| self.env.get(*n).map(|v| (*n, v)))
-        else {
+        let Some((name, raw)) = names.iter().find_map(|n| self.env.get(*n).map(|v| (*n, v))) else {
             return Ok(());
         };
         let value = parse(raw).map_err(|message| ConfigError::Env {
@@ -75,7 +71,9 @@ pub(super) fn read(
     };
     let not_empty = |s: &str| non_empty(s).ok_or_else(|| "must not be empty".to_string());
 
-    r.set(&mut p.app, &["FCGIHOST_APP", "WSGI_HANDLER"], |s| Ok(non_empty(s)))?;
+    r.set(&mut p.app, &["FCGIHOST_APP", "WSGI_HANDLER"], |s| {
+        Ok(non_empty(s))
+    })?;
     r.set(&mut p.app_dir, &["FCGIHOST_APP_DIR"], |s| {
         not_empty(s).map(|s| absolutize(cwd, Path::new(&s)))
     })?;
@@ -93,7 +91,11 @@ pub(super) fn read(
     r.set(&mut p.workers, &["FCGIHOST_WORKERS"], count(1))?;
     r.set(&mut p.max_queue, &["FCGIHOST_MAX_QUEUE"], count(0))?;
     r.set(&mut p.queue_timeout, &["FCGIHOST_QUEUE_TIMEOUT"], dur)?;
-    r.set(&mut p.request_timeout, &["FCGIHOST_REQUEST_TIMEOUT"], opt_dur)?;
+    r.set(
+        &mut p.request_timeout,
+        &["FCGIHOST_REQUEST_TIMEOUT"],
+        opt_dur,
+    )?;
     r.set(&mut p.graceful_timeout, &["FCGIHOST_GRACEFUL_TIMEOUT"], dur)?;
     r.set(&mut p.startup_timeout, &["FCGIHOST_STARTUP_TIMEOUT"], |s| {
         let d = parse_duration(s)?;
@@ -125,7 +127,11 @@ pub(super) fn read(
         values::split_words(s).map(|w| (!w.is_empty()).then_some(w))
     })?;
     let mut pairs = None;
-    r.set(&mut pairs, &["FCGIHOST_WORKER_ENV"], values::parse_env_pairs)?;
+    r.set(
+        &mut pairs,
+        &["FCGIHOST_WORKER_ENV"],
+        values::parse_env_pairs,
+    )?;
     if let Some((pairs, src)) = pairs {
         for (k, v) in pairs {
             p.worker_env.insert(k, (v, src.clone()));
@@ -139,7 +145,11 @@ pub(super) fn read(
     r.set(&mut p.log_file, &["FCGIHOST_LOG_FILE", "WSGI_LOG"], |s| {
         Ok(non_empty(s).map(|s| absolutize(cwd, Path::new(&s))))
     })?;
-    r.set(&mut p.log_access, &["FCGIHOST_LOG_ACCESS"], values::parse_bool)?;
+    r.set(
+        &mut p.log_access,
+        &["FCGIHOST_LOG_ACCESS"],
+        values::parse_bool,
+    )?;
     r.set(
         &mut p.debug_secret,
         &["FCGIHOST_DEBUG_SECRET", "WSGI_PTVSD_SECRET"],
@@ -155,7 +165,11 @@ pub(super) fn read(
         &["FCGIHOST_DEBUG_WAIT_FOR_ATTACH"],
         opt_dur,
     )?;
-    r.set(&mut p.debug_max_pause, &["FCGIHOST_DEBUG_MAX_PAUSE"], opt_dur)?;
+    r.set(
+        &mut p.debug_max_pause,
+        &["FCGIHOST_DEBUG_MAX_PAUSE"],
+        opt_dur,
+    )?;
 
     // Read by `locate_config_file`.
     r.asked.insert("FCGIHOST_CONFIG");

@@ -103,13 +103,9 @@ const ALIASES: &[(&str, &str)] = &[
     ("wsgi_restart_file_regex", "restart_file_regex"),
     ("bind", "listen"),
     ("timeout", "request_timeout"),
-    ("secret", "debug.secret"),
-    ("level", "log.level"),
     ("log_level", "log.level"),
     ("log_file", "log.file"),
     ("access_log", "log.access"),
-    ("command", "worker.command"),
-    ("env", "worker.env"),
 ];
 
 /// Reads and converts the TOML file. `given` is the path as the user wrote it (for messages
@@ -194,7 +190,9 @@ impl Ctx<'_> {
     fn convert(&self, top: FileTop) -> Result<Partial, ConfigError> {
         let mut p = Partial::default();
         let base = self.base.as_path();
-        self.set(&mut p.app, &top.app, "app", |v| text(v).map(|s| non_empty(&s)))?;
+        self.set(&mut p.app, &top.app, "app", |v| {
+            text(v).map(|s| non_empty(&s))
+        })?;
         self.set(&mut p.app_dir, &top.app_dir, "app_dir", |v| {
             nonempty_text(v).map(|s| absolutize(base, Path::new(&s)))
         })?;
@@ -209,8 +207,15 @@ impl Ctx<'_> {
             _ => text(v).and_then(|s| values::parse_listen(&s)),
         })?;
         self.set(&mut p.workers, &top.workers, "workers", |v| count(v, 1))?;
-        self.set(&mut p.max_queue, &top.max_queue, "max_queue", |v| count(v, 0))?;
-        self.set(&mut p.queue_timeout, &top.queue_timeout, "queue_timeout", duration)?;
+        self.set(&mut p.max_queue, &top.max_queue, "max_queue", |v| {
+            count(v, 0)
+        })?;
+        self.set(
+            &mut p.queue_timeout,
+            &top.queue_timeout,
+            "queue_timeout",
+            duration,
+        )?;
         self.set(
             &mut p.request_timeout,
             &top.request_timeout,
@@ -233,10 +238,7 @@ impl Ctx<'_> {
             &mut p.rapid_fails_per_minute,
             &top.rapid_fails_per_minute,
             "rapid_fails_per_minute",
-            |v| {
-                count(v, 0)
-                    .and_then(|n| u32::try_from(n).map_err(|_| format!("{n} is too large")))
-            },
+            |v| count(v, 0).and_then(|n| u32::try_from(n).map_err(|_| format!("{n} is too large"))),
         )?;
         self.set(&mut p.script_name, &top.script_name, "script_name", |v| {
             text(v).and_then(|s| values::parse_script_name(&s))
@@ -249,13 +251,20 @@ impl Ctx<'_> {
         )?;
 
         let worker = top.worker.unwrap_or_default();
-        self.set(&mut p.worker_command, &worker.command, "worker.command", |v| {
-            let words = strings(v)?;
-            if words.is_empty() {
-                return Err("must name a program (remove the key to use the built-in worker)".into());
-            }
-            Ok(Some(words))
-        })?;
+        self.set(
+            &mut p.worker_command,
+            &worker.command,
+            "worker.command",
+            |v| {
+                let words = strings(v)?;
+                if words.is_empty() {
+                    return Err(
+                        "must name a program (remove the key to use the built-in worker)".into(),
+                    );
+                }
+                Ok(Some(words))
+            },
+        )?;
         let mut env = None;
         self.set(&mut env, &worker.env, "worker.env", env_table)?;
         if let Some((pairs, src)) = env {
@@ -325,9 +334,6 @@ fn suggestion(key: &str, table: &str, known: &[&str]) -> String {
         return format!(" (did you mean `{k}`?)");
     }
     let lower = key.to_ascii_lowercase().replace('-', "_");
-    if let Some((_, target)) = ALIASES.iter().find(|(a, _)| *a == lower) {
-        return alias_hint(target, table);
-    }
     for (other, keys) in TABLES {
         if *other != table && !other.is_empty() && keys.contains(&lower.as_str()) {
             return format!(" (`{lower}` belongs in the [{other}] table)");
@@ -336,7 +342,10 @@ fn suggestion(key: &str, table: &str, known: &[&str]) -> String {
     if !table.is_empty() && TABLES[0].1.contains(&lower.as_str()) {
         return format!(" (`{lower}` is a top-level key: put it before any [table])");
     }
-    String::new()
+    match ALIASES.iter().find(|(a, _)| *a == lower) {
+        Some((_, target)) => alias_hint(target, table),
+        None => String::new(),
+    }
 }
 
 /// How to write the key an alias stands for, seen from `table`.
@@ -454,12 +463,7 @@ fn env_table(v: &Value) -> Result<BTreeMap<String, String>, String> {
                 Value::Integer(n) => n.to_string(),
                 Value::Float(x) => x.to_string(),
                 Value::Boolean(b) => b.to_string(),
-                other => {
-                    return Err(format!(
-                        "`{k}`: expected a string, found {}",
-                        found(other)
-                    ))
-                }
+                other => return Err(format!("`{k}`: expected a string, found {}", found(other))),
             };
             Ok((k.clone(), s))
         })

@@ -536,9 +536,21 @@ pub fn load_with_cwd(
         off(request_timeout.0, "0 (off)"),
         &request_timeout.1,
     );
-    add("graceful_timeout", dur(graceful_timeout.0), &graceful_timeout.1);
-    add("startup_timeout", dur(startup_timeout.0), &startup_timeout.1);
-    add("rapid_fails_per_minute", rapid_fails.0.to_string(), &rapid_fails.1);
+    add(
+        "graceful_timeout",
+        dur(graceful_timeout.0),
+        &graceful_timeout.1,
+    );
+    add(
+        "startup_timeout",
+        dur(startup_timeout.0),
+        &startup_timeout.1,
+    );
+    add(
+        "rapid_fails_per_minute",
+        rapid_fails.0.to_string(),
+        &rapid_fails.1,
+    );
     add("script_name", text(&script_name.0), &script_name.1);
     add(
         "restart_file_regex",
@@ -584,7 +596,11 @@ pub fn load_with_cwd(
     );
     add("debug.path", debug_path.0, &debug_path.1);
     add("debug.wait_for_attach", off(wait.0, "0 (off)"), &wait.1);
-    add("debug.max_pause", off(max_pause.0, "0 (no limit)"), &max_pause.1);
+    add(
+        "debug.max_pause",
+        off(max_pause.0, "0 (no limit)"),
+        &max_pause.1,
+    );
 
     Ok(Loaded {
         config,
@@ -711,10 +727,7 @@ pub fn render_sources(loaded: &Loaded) -> String {
         .unwrap_or(0);
     let mut out = String::new();
     for s in &loaded.sources {
-        let line = format!(
-            "{:key_w$} = {:val_w$}   ({})",
-            s.key, s.value, s.source,
-        );
+        let line = format!("{:key_w$} = {:val_w$}   ({})", s.key, s.value, s.source,);
         out.push_str(line.trim_end());
         out.push('\n');
     }

@@ -62,10 +62,11 @@ fn find(app_dir: &Path) -> Option<PathBuf> {
 /// UTF-8 (with or without BOM) or UTF-16 with BOM, as Visual Studio may save it.
 fn decode(bytes: &[u8]) -> Option<String> {
     let utf16 = |rest: &[u8], from: fn([u8; 2]) -> u16| {
-        if rest.len() % 2 != 0 {
+        let chunks = rest.chunks_exact(2);
+        if !chunks.remainder().is_empty() {
             return None;
         }
-        let units: Vec<u16> = rest.chunks_exact(2).map(|c| from([c[0], c[1]])).collect();
+        let units: Vec<u16> = chunks.map(|c| from([c[0], c[1]])).collect();
         String::from_utf16(&units).ok()
     };
     if let Some(rest) = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]) {
@@ -87,10 +88,17 @@ fn app_settings(
     text: &str,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Entry>, ConfigError> {
-    let doc = roxmltree::Document::parse(text).map_err(|e| ConfigError::At {
-        file: path.to_path_buf(),
-        line: e.pos().row as usize,
-        message: format!("malformed XML: {e}"),
+    let doc = roxmltree::Document::parse(text).map_err(|e| {
+        let full = e.to_string();
+        let position = format!(" at {}", e.pos());
+        ConfigError::At {
+            file: path.to_path_buf(),
+            line: e.pos().row as usize,
+            message: format!(
+                "malformed XML: {}",
+                full.strip_suffix(&position).unwrap_or(&full)
+            ),
+        }
     })?;
     let line = |node: roxmltree::Node| doc.text_pos_at(node.range().start).row as usize;
     let root = doc.root_element();

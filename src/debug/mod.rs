@@ -2,5 +2,8 @@
 //! monitor that tells the pool when a debugger holds a worker paused, the secret check,
 //! the info page, and the `fcgihost attach` client.
 
+pub mod attach;
 pub mod auth;
 pub mod dap;
+pub mod info;
+pub mod proxy;

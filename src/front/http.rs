@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::ResponseBody;
+use crate::debug::proxy::DebugProxy;
 use crate::gateway::cgi::{self, RequestContext};
 use crate::gateway::fcgi::{self, ParamsWriter, RecordType, Role};
 use crate::pages;
@@ -41,6 +42,8 @@ pub struct Front {
     pool: Pool,
     options: FrontOptions,
     next_request: AtomicU64,
+    /// The `/ptvsd` proxy, only in debug mode (otherwise that path belongs to the app).
+    debug: Option<Arc<DebugProxy>>,
 }
 
 impl Front {
@@ -50,7 +53,14 @@ impl Front {
             pool,
             options,
             next_request: AtomicU64::new(1),
+            debug: None,
         }
+    }
+
+    /// Routes the debug proxy's paths to `proxy` ahead of the app (debug mode only).
+    pub fn with_debug_proxy(mut self, proxy: Arc<DebugProxy>) -> Self {
+        self.debug = Some(proxy);
+        self
     }
 
     /// Answers one request.
@@ -60,6 +70,9 @@ impl Front {
         remote: SocketAddr,
         local: SocketAddr,
     ) -> Response<ResponseBody> {
+        if let Some(proxy) = self.debug.as_ref().filter(|p| p.owns(req.uri().path())) {
+            return proxy.handle(req, remote).await;
+        }
         let received = Instant::now();
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = req.into_parts();
@@ -85,7 +98,12 @@ impl Front {
         fcgi::put_begin_request(&mut records, REQUEST_ID, Role::Responder, true);
         {
             let mut params = ParamsWriter::new(&mut records, REQUEST_ID);
-            cgi::write_params(&mut params, &parts, &ctx, content_length.filter(|_| has_body));
+            cgi::write_params(
+                &mut params,
+                &parts,
+                &ctx,
+                content_length.filter(|_| has_body),
+            );
             params.finish();
         }
         if !has_body {
@@ -98,6 +116,11 @@ impl Front {
             path: meta.path.clone(),
             started: received,
         };
+        if let Some(proxy) = &self.debug {
+            // debug.wait_for_attach: hold the request (clock not started) until a debugger
+            // has attached, so the first request can be debugged.
+            proxy.wait_for_debugger().await;
+        }
         let lease = match self.pool.acquire(current).await {
             Ok(lease) => lease,
             Err(refusal) => {
@@ -121,8 +144,12 @@ impl Front {
 
     fn refusal_page(&self, refusal: &Refusal, remote: SocketAddr) -> Response<ResponseBody> {
         match refusal {
-            Refusal::QueueFull => pages::busy("All workers are busy and the queue is full (max_queue). Try again shortly."),
-            Refusal::QueueTimeout => pages::busy("No worker became free within queue_timeout. Try again shortly."),
+            Refusal::QueueFull => pages::busy(
+                "All workers are busy and the queue is full (max_queue). Try again shortly.",
+            ),
+            Refusal::QueueTimeout => {
+                pages::busy("No worker became free within queue_timeout. Try again shortly.")
+            }
             Refusal::ShuttingDown => pages::busy("The server is shutting down."),
             Refusal::AppBroken(failure) => pages::app_broken(
                 &failure.traceback,
@@ -135,10 +162,12 @@ impl Front {
 
 /// Binds the listen address and logs the bound address (`listening on http://…`).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::Error> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| crate::Error::Bind {
-        addr: addr.to_string(),
-        source,
-    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::Error::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
     let bound = listener.local_addr()?;
     tracing::info!("fcgihost listening on http://{bound}");
     Ok(listener)

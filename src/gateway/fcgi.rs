@@ -426,7 +426,17 @@ impl<'a> ParamsWriter<'a> {
 
     /// Appends raw stream bytes, opening new records at the `MAX_CONTENT` boundary.
     #[inline]
-    fn write(&mut self, mut data: &[u8]) {
+    fn write(&mut self, data: &[u8]) {
+        if data.len() <= MAX_CONTENT - self.open_len() {
+            self.buf.extend_from_slice(data);
+        } else {
+            self.write_split(data);
+        }
+    }
+
+    /// `write` for data that crosses the end of the open record.
+    #[cold]
+    fn write_split(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let room = MAX_CONTENT - self.open_len();
             if room == 0 {

@@ -128,6 +128,7 @@ async fn drive(
     let pid = lease.pid();
     let request_id = meta.request_id;
     let mut pause = lease.pause_signal();
+    let max_pause = lease.shared.settings.max_pause;
     let mut clock = RequestClock::start(Instant::now(), limit);
     if *pause.borrow_and_update() {
         clock.pause(Instant::now());
@@ -160,6 +161,7 @@ async fn drive(
     let mut status: u16 = 0;
     let mut pending: Option<Bytes> = None;
     let mut client_gone = false;
+    let mut abort_sent = false;
     let mut sent: u64 = 0;
 
     let outcome = 'exchange: loop {
@@ -212,8 +214,9 @@ async fn drive(
                 }
             }
         }
-        if client_gone && head_tx.is_none() && pending.is_none() {
+        if client_gone && !abort_sent && head_tx.is_none() && pending.is_none() {
             if let WriteSide::Idle(write, buf) = &mut write_side {
+                abort_sent = true;
                 buf.clear();
                 fcgi::put_abort_request(buf, REQUEST_ID);
                 let _ = write.write_all(buf).await;
@@ -221,13 +224,30 @@ async fn drive(
             }
         }
         let now = Instant::now();
-        let wake = clock.next_check(now).map(tokio::time::Instant::from_std);
+        // debug.max_pause: while paused, also wake when the pause reaches the cap.
+        let pause_cap = match (max_pause, clock.current_pause(now)) {
+            (Some(max), Some(paused)) => now.checked_add(max.saturating_sub(paused)),
+            _ => None,
+        };
+        let wake = clock
+            .next_check(now)
+            .or(pause_cap)
+            .map(tokio::time::Instant::from_std);
         let pumping = matches!(write_side, WriteSide::Pumping(_));
         tokio::select! {
             biased;
             _ = async { match wake { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
-                if clock.expired(Instant::now()) {
+                let now = Instant::now();
+                if clock.expired(now) {
                     break 'exchange Outcome::TimedOut;
+                }
+                // A pause longer than debug.max_pause stops holding the clock: it runs
+                // again (until the debugger resumes and pauses anew).
+                if let (Some(max), Some(paused)) = (max_pause, clock.current_pause(now)) {
+                    if paused >= max {
+                        tracing::warn!(worker, pid, request_id, paused_s = paused.as_secs(), "debugger pause exceeded debug.max_pause; the request clock runs again");
+                        clock.resume(now);
+                    }
                 }
             }
             changed = pause.changed() => {
@@ -275,12 +295,25 @@ async fn drive(
     match outcome {
         Outcome::Ended(end) => {
             if let Some(tx) = head_tx.take() {
-                tracing::warn!(worker, pid, request_id, "worker ended the request without a response head");
+                tracing::warn!(
+                    worker,
+                    pid,
+                    request_id,
+                    "worker ended the request without a response head"
+                );
                 let _ = tx.send(Err(Failure::BadGateway));
                 status = 502;
             } else if end.app_status != 0 {
-                tracing::warn!(worker, pid, request_id, app_status = end.app_status, "app failed after the response started; cutting the response");
-                let _ = body_tx.send(Err("the app failed mid-response".into())).await;
+                tracing::warn!(
+                    worker,
+                    pid,
+                    request_id,
+                    app_status = end.app_status,
+                    "app failed after the response started; cutting the response"
+                );
+                let _ = body_tx
+                    .send(Err("the app failed mid-response".into()))
+                    .await;
             }
             if let WriteSide::Idle(write, write_buf) = write_side {
                 lease.restore_conn(super::conn::WorkerConn {
@@ -298,7 +331,13 @@ async fn drive(
             fail(&mut head_tx, &body_tx, Failure::BadGateway, &mut status).await;
         }
         Outcome::Malformed(reason) => {
-            tracing::error!(worker, pid, request_id, reason, "worker broke the FastCGI protocol; restarting it");
+            tracing::error!(
+                worker,
+                pid,
+                request_id,
+                reason,
+                "worker broke the FastCGI protocol; restarting it"
+            );
             process::signal(pid, libc::SIGKILL);
             fail(&mut head_tx, &body_tx, Failure::BadGateway, &mut status).await;
         }

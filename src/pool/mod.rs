@@ -26,6 +26,8 @@ pub struct PoolSettings {
     pub max_queue: usize,
     pub queue_timeout: Duration,
     pub request_timeout: Option<Duration>,
+    /// `debug.max_pause`: longest time one debugger pause stops a request's clock.
+    pub max_pause: Option<Duration>,
     pub startup_timeout: Duration,
     pub rapid_fails_per_minute: u32,
     pub debug: bool,
@@ -285,7 +287,8 @@ impl Pool {
     /// Marks a worker paused or running (from the debug proxy's DAP monitor).
     pub fn set_paused(&self, worker: usize, paused: bool) {
         if let Some(slot) = self.shared.slots.get(worker) {
-            slot.paused.send_if_modified(|p| std::mem::replace(p, paused) != paused);
+            slot.paused
+                .send_if_modified(|p| std::mem::replace(p, paused) != paused);
         }
     }
 
@@ -304,7 +307,11 @@ impl Pool {
 
     /// The debugpy port of a worker, when it is running in debug mode.
     pub fn debug_port(&self, worker: usize) -> Option<u16> {
-        self.shared.lock().workers.get(worker).and_then(|w| w.debug_port)
+        self.shared
+            .lock()
+            .workers
+            .get(worker)
+            .and_then(|w| w.debug_port)
     }
 
     /// Stops accepting requests, waits up to `grace` for busy workers to finish, then
@@ -393,7 +400,9 @@ fn take_idle(state: &mut State) -> Option<Grant> {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Hands an idle worker to the first live waiter, if any.
@@ -466,7 +475,6 @@ impl Lease {
     pub fn pause_signal(&self) -> watch::Receiver<bool> {
         self.shared.slots[self.worker].paused.subscribe()
     }
-
 }
 
 impl Drop for Lease {

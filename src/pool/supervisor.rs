@@ -112,7 +112,12 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
             shared2.serve_waiters(&mut state);
         }
         shared.idle_changed.notify_waiters();
-        tracing::info!(worker = id, pid, startup_ms = started.elapsed().as_millis() as u64, "worker ready");
+        tracing::info!(
+            worker = id,
+            pid,
+            startup_ms = started.elapsed().as_millis() as u64,
+            "worker ready"
+        );
         failures_in_row = 0;
 
         let _control = control;
@@ -150,7 +155,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
             return;
         }
         match status {
-            Ok(status) => tracing::warn!(worker = id, pid, %status, lived_s = started.elapsed().as_secs(), "worker exited; respawning"),
+            Ok(status) => {
+                tracing::warn!(worker = id, pid, %status, lived_s = started.elapsed().as_secs(), "worker exited; respawning")
+            }
             Err(err) => tracing::warn!(worker = id, pid, error = %err, "worker lost; respawning"),
         }
         if started.elapsed() < Duration::from_secs(1) {
