@@ -32,6 +32,9 @@ pub enum Error {
     /// The app could not be loaded (`fcgihost check`).
     #[error("the app failed to load:\n{0}")]
     AppLoad(String),
+    /// The app directory cannot be watched, or the restart pattern is invalid.
+    #[error(transparent)]
+    Watch(#[from] crate::pool::watcher::WatchError),
     /// Any other I/O failure at start-up.
     #[error(transparent)]
     Io(#[from] std::io::Error),

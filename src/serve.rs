@@ -13,6 +13,7 @@ use crate::debug::proxy::DebugProxy;
 use crate::front::http::{self as front_http, Front, FrontOptions};
 use crate::pool::process::{self, ControlEvent, WorkerSpec};
 use crate::pool::runtime::RuntimeDir;
+use crate::pool::watcher;
 use crate::pool::{Pool, PoolSettings};
 use crate::Error;
 
@@ -26,6 +27,10 @@ pub async fn serve(loaded: Loaded) -> Result<(), Error> {
     if config.debug_enabled() && config.worker.command.is_none() {
         ensure_debugpy(&config.python).await?;
     }
+    let restart_pattern = match config.restart_file_regex.as_deref() {
+        Some(pattern) if !pattern.is_empty() => Some(watcher::compile(pattern)?),
+        _ => None,
+    };
     let runtime = RuntimeDir::create()?;
     let spec = worker_spec(&config, &runtime);
     let listener = front_http::bind(config.listen).await?;
@@ -50,6 +55,10 @@ pub async fn serve(loaded: Loaded) -> Result<(), Error> {
         },
         runtime,
     );
+    let _watcher = match restart_pattern {
+        Some(pattern) => Some(watcher::watch(&config.app_dir, pattern, pool.clone())?),
+        None => None,
+    };
     let mut front = Front::new(
         pool.clone(),
         FrontOptions {

@@ -192,7 +192,7 @@ fn check_prints_the_effective_config_with_sources_and_imports_the_app() {
         "a line should show log level debug from the command line:\n{all}"
     );
     assert!(
-        line_with(&all, &["request_timeout", "90s", "default"], &[]).is_some(),
+        line_with(&all, &["request_timeout", "default"], &["90s", "1m30s"]).is_some(),
         "a line should show request_timeout = 90s (default):\n{all}"
     );
     assert!(

@@ -8,6 +8,7 @@ pub mod exchange;
 pub mod process;
 pub mod runtime;
 pub mod supervisor;
+pub mod watcher;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -128,6 +129,12 @@ struct State {
     failure: Option<AppFailure>,
     recent_failures: VecDeque<Instant>,
     closing: bool,
+    /// Generations are unique across slots (a socket path never repeats).
+    next_generation: u64,
+    /// debugpy ports of workers that are ready but not yet installed.
+    pending_debug_ports: std::collections::HashMap<usize, u16>,
+    /// The restart epoch whose new code failed to load (the roll stops there).
+    roll_failed_epoch: Option<u64>,
 }
 
 /// Per-worker signals that live outside the lock.
@@ -145,6 +152,10 @@ pub(crate) struct Shared {
     wake: Notify,
     /// Signalled whenever a worker becomes idle (used by drain).
     idle_changed: Notify,
+    /// Bumped to ask every supervisor to replace its worker (rolling restart).
+    restart_epoch: watch::Sender<u64>,
+    /// One slot at a time starts its replacement, so capacity never drops by more than one.
+    roll_turn: Arc<tokio::sync::Semaphore>,
 }
 
 /// The worker pool. Cheap to clone.
@@ -186,10 +197,15 @@ impl Pool {
                 failure: None,
                 recent_failures: VecDeque::new(),
                 closing: false,
+                next_generation: 0,
+                pending_debug_ports: std::collections::HashMap::new(),
+                roll_failed_epoch: None,
             }),
             slots,
             wake: Notify::new(),
             idle_changed: Notify::new(),
+            restart_epoch: watch::channel(0).0,
+            roll_turn: Arc::new(tokio::sync::Semaphore::new(1)),
         });
         for id in 0..shared.settings.workers {
             tokio::spawn(supervisor::supervise(shared.clone(), id));
@@ -256,6 +272,23 @@ impl Pool {
             pid: grant.pid,
             conn: Some(grant.conn),
             reusable: false,
+        }
+    }
+
+    /// Replaces every worker, one at a time, without refusing or cutting a request (the
+    /// app's files changed). When the app had failed to load, respawning resumes at once.
+    pub fn restart_all(&self, reason: &str) {
+        let mut state = self.shared.lock();
+        if state.closing {
+            return;
+        }
+        let broken = state.failure.take().is_some();
+        state.recent_failures.clear();
+        drop(state);
+        tracing::info!(reason, "restarting workers one by one");
+        self.shared.restart_epoch.send_modify(|epoch| *epoch += 1);
+        if broken {
+            self.shared.wake.notify_waiters();
         }
     }
 
@@ -482,10 +515,11 @@ impl Drop for Lease {
         let conn = self.conn.take();
         let mut state = self.shared.lock();
         let worker = &mut state.workers[self.worker];
-        worker.current = None;
         if worker.generation != self.generation || worker.phase != Phase::Busy {
+            // The worker was replaced or died meanwhile; its successor is already in service.
             return;
         }
+        worker.current = None;
         worker.requests += 1;
         let conn = if self.reusable && conn.is_some() {
             conn

@@ -1,12 +1,21 @@
 //! One supervisor task per worker slot: spawns the worker, waits for it to import the
-//! app, puts it in service, notices when it exits, and respawns it with backoff. App load
-//! failures are counted pool-wide; at `rapid_fails_per_minute` respawning stops (as IIS
-//! does) until the host restarts.
+//! app, puts it in service, notices when it exits, and respawns it with backoff.
+//!
+//! It also replaces its worker without losing a request (a *rolling restart*, asked for
+//! through [`super::Pool::restart_all`] after the app's files change): the replacement is
+//! started and must import the app before the old worker leaves; the old one finishes its
+//! current request first. A replacement that fails to import (a syntax error in the new
+//! code) is discarded and the old worker keeps serving.
+//!
+//! App load failures are counted pool-wide; at `rapid_fails_per_minute` respawning stops
+//! (as IIS does) until the app changes or the host restarts.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::process::Child;
+use tokio::sync::mpsc;
 
 use super::conn::WorkerConn;
 use super::process::{self, ControlEvent, Spawned};
@@ -16,10 +25,24 @@ use super::{AppFailure, Phase, Refusal, Shared};
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// How long a replaced worker may take to finish its request before it is killed.
+const RETIRE_GRACE: Duration = Duration::from_secs(30);
+
+/// A worker process that imported the app, with what the supervisor needs to run it.
+struct Running {
+    child: Child,
+    pid: u32,
+    socket_path: PathBuf,
+    events: mpsc::Receiver<ControlEvent>,
+    _control: Option<tokio::net::unix::OwnedWriteHalf>,
+    started: Instant,
+    generation: u64,
+}
+
 /// How a worker's start ended.
 enum Start {
-    Ready,
-    /// The app failed to load (traceback), or the worker died or hung before it was ready.
+    Ready(Running),
+    /// The app failed to load (message for the log and the 503 page).
     Failed(Option<String>),
     Shutdown,
 }
@@ -27,6 +50,7 @@ enum Start {
 /// Runs worker slot `id` until the pool closes.
 pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
     let mut failures_in_row: u32 = 0;
+    let mut restarts = shared.restart_epoch.subscribe();
     loop {
         if shared.lock().closing {
             mark_stopped(&shared, id);
@@ -37,114 +61,68 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
                 .saturating_mul(1 << failures_in_row.min(8).saturating_sub(1))
                 .min(BACKOFF_MAX);
             if wait_or_wake(&shared, delay).await {
+                failures_in_row = failures_in_row.min(1);
                 continue;
             }
         }
         if given_up(&shared) {
             mark_stopped(&shared, id);
-            shared.wake.notified().await;
+            let woken = shared.wake.notified();
+            if given_up(&shared) {
+                woken.await;
+            }
             continue;
         }
-        let generation = {
-            let mut state = shared.lock();
-            let worker = &mut state.workers[id];
-            worker.generation += 1;
-            worker.phase = Phase::Starting;
-            worker.generation
-        };
-        let socket_path = shared.runtime.socket_path(id, generation);
-        let spawned = match process::spawn(&shared.settings.spec, id, socket_path.clone()) {
-            Ok(spawned) => spawned,
-            Err(err) => {
-                tracing::error!(worker = id, program = ?shared.settings.spec.program, error = %err, "cannot start worker");
-                record_failure(&shared, format!("cannot start worker: {err}"));
-                failures_in_row += 1;
-                continue;
-            }
-        };
-        let Spawned {
-            mut child,
-            pid,
-            mut events,
-            control,
-            ..
-        } = spawned;
-        tracing::debug!(worker = id, pid, "worker spawned");
-        let started = Instant::now();
-
-        let start = wait_ready(&shared, id, pid, &mut child, &mut events).await;
-        match start {
-            Start::Ready => {}
+        restarts.borrow_and_update();
+        let mut running = match start_worker(&shared, id).await {
+            Start::Ready(running) => running,
             Start::Shutdown => {
-                stop_child(&mut child, pid).await;
-                let _ = std::fs::remove_file(&socket_path);
                 mark_stopped(&shared, id);
                 return;
             }
-            Start::Failed(traceback) => {
-                stop_child(&mut child, pid).await;
-                let _ = std::fs::remove_file(&socket_path);
-                if let Some(tb) = traceback {
-                    record_failure(&shared, tb);
+            Start::Failed(message) => {
+                if let Some(message) = message {
+                    record_failure(&shared, message);
                 }
                 failures_in_row += 1;
                 continue;
             }
-        }
-        let conn = match WorkerConn::connect(&socket_path) {
-            Ok(conn) => conn,
-            Err(err) => {
-                tracing::error!(worker = id, pid, error = %err, "cannot connect to worker");
-                stop_child(&mut child, pid).await;
-                failures_in_row += 1;
-                continue;
-            }
         };
-        {
-            let mut state = shared.lock();
-            state.failure = None;
-            let worker = &mut state.workers[id];
-            worker.pid = Some(pid);
-            worker.conn = Some(conn);
-            worker.socket_path = Some(socket_path.clone());
-            worker.phase = Phase::Idle;
-            let shared2 = shared.clone();
-            shared2.serve_waiters(&mut state);
+        if !install(&shared, id, &running) {
+            stop_child(&mut running.child, running.pid).await;
+            failures_in_row += 1;
+            continue;
         }
-        shared.idle_changed.notify_waiters();
-        tracing::info!(
-            worker = id,
-            pid,
-            startup_ms = started.elapsed().as_millis() as u64,
-            "worker ready"
-        );
         failures_in_row = 0;
 
-        let _control = control;
         let status = loop {
             tokio::select! {
-                status = child.wait() => break status,
-                event = events.recv() => match event {
-                    Some(ControlEvent::Stacks { text }) => {
-                        tracing::warn!(worker = id, pid, "Python stacks of worker:\n{text}");
-                    }
-                    Some(_) => {}
-                    None => {
-                        // Control channel closed: the worker is exiting; wait for it.
-                        break child.wait().await;
-                    }
+                status = running.child.wait() => break status,
+                event = running.events.recv() => match event {
+                    Some(event) => log_event(id, running.pid, event),
+                    // The control channel closed: the worker is exiting.
+                    None => break running.child.wait().await,
                 },
+                changed = restarts.changed() => {
+                    if changed.is_err() || shared.lock().closing {
+                        continue;
+                    }
+                    restarts.borrow_and_update();
+                    running = replace(&shared, id, running).await;
+                }
             }
         };
-        let _ = std::fs::remove_file(&socket_path);
+        let _ = std::fs::remove_file(&running.socket_path);
         let closing = {
             let mut state = shared.lock();
             let worker = &mut state.workers[id];
-            worker.pid = None;
-            worker.conn = None;
-            worker.debug_port = None;
-            worker.socket_path = None;
-            worker.phase = Phase::Starting;
+            if worker.generation == running.generation {
+                worker.pid = None;
+                worker.conn = None;
+                worker.debug_port = None;
+                worker.socket_path = None;
+                worker.phase = Phase::Starting;
+            }
             worker.respawns += 1;
             state.closing
         };
@@ -154,50 +132,201 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
             mark_stopped(&shared, id);
             return;
         }
+        let pid = running.pid;
+        let lived_s = running.started.elapsed().as_secs();
         match status {
             Ok(status) => {
-                tracing::warn!(worker = id, pid, %status, lived_s = started.elapsed().as_secs(), "worker exited; respawning")
+                tracing::warn!(worker = id, pid, %status, lived_s, "worker exited; respawning")
             }
             Err(err) => tracing::warn!(worker = id, pid, error = %err, "worker lost; respawning"),
         }
-        if started.elapsed() < Duration::from_secs(1) {
+        if running.started.elapsed() < Duration::from_secs(1) {
             failures_in_row += 1;
         }
     }
 }
 
+/// Spawns the next incarnation of worker `id` and waits until it has imported the app.
+async fn start_worker(shared: &Shared, id: usize) -> Start {
+    let generation = {
+        let mut state = shared.lock();
+        state.next_generation += 1;
+        state.next_generation
+    };
+    let socket_path = shared.runtime.socket_path(id, generation);
+    let spawned = match process::spawn(&shared.settings.spec, id, socket_path.clone()) {
+        Ok(spawned) => spawned,
+        Err(err) => {
+            let program = shared.settings.spec.program.to_string_lossy();
+            tracing::error!(worker = id, program = %program, error = %err, "cannot start worker");
+            return Start::Failed(Some(format!("cannot start worker {program}: {err}")));
+        }
+    };
+    let Spawned {
+        mut child,
+        pid,
+        mut events,
+        control,
+        ..
+    } = spawned;
+    tracing::debug!(worker = id, pid, generation, "worker spawned");
+    let started = Instant::now();
+    match wait_ready(shared, id, pid, &mut child, &mut events).await {
+        Ok(debug_port) => Start::Ready(Running {
+            child,
+            pid,
+            socket_path,
+            events,
+            _control: control,
+            started,
+            generation,
+        })
+        .with_debug_port(shared, id, debug_port),
+        Err(outcome) => {
+            stop_child(&mut child, pid).await;
+            let _ = std::fs::remove_file(&socket_path);
+            outcome
+        }
+    }
+}
+
+impl Start {
+    /// Records a fresh worker's debugpy port once it is the slot's worker.
+    fn with_debug_port(self, shared: &Shared, id: usize, port: Option<u16>) -> Self {
+        if let (Start::Ready(_), Some(port)) = (&self, port) {
+            shared.lock().pending_debug_ports.insert(id, port);
+        }
+        self
+    }
+}
+
+/// Puts a ready worker in service: connects, publishes it, and hands it to a waiter.
+fn install(shared: &Shared, id: usize, running: &Running) -> bool {
+    let conn = match WorkerConn::connect(&running.socket_path) {
+        Ok(conn) => conn,
+        Err(err) => {
+            tracing::error!(worker = id, pid = running.pid, error = %err, "cannot connect to worker");
+            return false;
+        }
+    };
+    {
+        let mut state = shared.lock();
+        state.failure = None;
+        let debug_port = state.pending_debug_ports.remove(&id);
+        let worker = &mut state.workers[id];
+        worker.generation = running.generation;
+        worker.pid = Some(running.pid);
+        worker.conn = Some(conn);
+        worker.socket_path = Some(running.socket_path.clone());
+        worker.debug_port = debug_port;
+        worker.phase = Phase::Idle;
+        shared.serve_waiters(&mut state);
+    }
+    shared.slots[id].paused.send_replace(false);
+    shared.idle_changed.notify_waiters();
+    tracing::info!(
+        worker = id,
+        pid = running.pid,
+        startup_ms = running.started.elapsed().as_millis() as u64,
+        "worker ready"
+    );
+    true
+}
+
+/// Replaces the running worker with a fresh one that imported the (changed) app, one slot
+/// at a time. Returns the worker that is in service afterwards.
+async fn replace(shared: &Arc<Shared>, id: usize, mut old: Running) -> Running {
+    let Ok(_turn) = shared.roll_turn.clone().acquire_owned().await else {
+        return old;
+    };
+    if shared.lock().roll_failed_epoch == Some(*shared.restart_epoch.borrow()) {
+        return old;
+    }
+    let new = match start_worker(shared, id).await {
+        Start::Ready(new) => new,
+        Start::Failed(message) => {
+            let epoch = *shared.restart_epoch.borrow();
+            shared.lock().roll_failed_epoch = Some(epoch);
+            tracing::error!(
+                worker = id,
+                "the changed app failed to load; the old workers keep serving:\n{}",
+                message.unwrap_or_default()
+            );
+            return old;
+        }
+        Start::Shutdown => return old,
+    };
+    if !install(shared, id, &new) {
+        let mut new = new;
+        stop_child(&mut new.child, new.pid).await;
+        return old;
+    }
+    tracing::info!(
+        worker = id,
+        old_pid = old.pid,
+        new_pid = new.pid,
+        "worker replaced; the old one leaves after its current request"
+    );
+    // SIGTERM: the shipped worker exits once its current request is done.
+    process::signal(old.pid, libc::SIGTERM);
+    let socket_path = old.socket_path.clone();
+    tokio::spawn(async move {
+        if tokio::time::timeout(RETIRE_GRACE, old.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker = id,
+                pid = old.pid,
+                "replaced worker still busy after 30 s; killing it"
+            );
+            let _ = old.child.kill().await;
+        }
+        let _ = std::fs::remove_file(&socket_path);
+    });
+    new
+}
+
+fn log_event(id: usize, pid: u32, event: ControlEvent) {
+    if let ControlEvent::Stacks { text } = event {
+        tracing::warn!(worker = id, pid, "Python stacks of the worker:\n{text}");
+    }
+}
+
 /// Waits for the shipped worker's `ready` (or takes a custom worker as ready at once).
+/// Returns the debugpy port when the worker reported one.
 async fn wait_ready(
     shared: &Shared,
     id: usize,
     pid: u32,
     child: &mut Child,
-    events: &mut tokio::sync::mpsc::Receiver<ControlEvent>,
-) -> Start {
+    events: &mut mpsc::Receiver<ControlEvent>,
+) -> Result<Option<u16>, Start> {
     if !shared.settings.spec.speaks_control {
-        return Start::Ready;
+        return Ok(None);
     }
     let deadline = tokio::time::Instant::now() + shared.settings.startup_timeout;
+    let mut debug_port = None;
     loop {
         let shutdown = shared.wake.notified();
         tokio::select! {
             event = events.recv() => match event {
                 Some(ControlEvent::Ready { python, version }) => {
                     tracing::debug!(worker = id, pid, python, version, "app imported");
-                    return Start::Ready;
+                    return Ok(debug_port);
                 }
                 Some(ControlEvent::DebugListening { port }) => {
                     tracing::info!(worker = id, pid, debug_port = port, "debugpy listening on 127.0.0.1");
-                    shared.lock().workers[id].debug_port = Some(port);
+                    debug_port = Some(port);
                 }
                 Some(ControlEvent::AppError { traceback }) => {
                     tracing::error!(worker = id, pid, "the app failed to load:\n{traceback}");
-                    return Start::Failed(Some(traceback));
+                    return Err(Start::Failed(Some(traceback)));
                 }
                 Some(ControlEvent::DebugpyMissing { python, install }) => {
                     let message = format!("debug mode needs debugpy, which {python} cannot import; install it with:\n    {install}");
                     tracing::error!(worker = id, pid, "{message}");
-                    return Start::Failed(Some(message));
+                    return Err(Start::Failed(Some(message)));
                 }
                 Some(ControlEvent::Stacks { .. }) => {}
                 None => {
@@ -207,17 +336,17 @@ async fn wait_ready(
                         .map(|s| s.to_string())
                         .unwrap_or_else(|e| e.to_string());
                     tracing::error!(worker = id, pid, status, "worker exited before it was ready");
-                    return Start::Failed(Some(format!("the worker exited before it was ready ({status})")));
+                    return Err(Start::Failed(Some(format!("the worker exited before it was ready ({status})"))));
                 }
             },
             _ = tokio::time::sleep_until(deadline) => {
                 let message = format!("the worker did not import the app within {:?} (startup_timeout)", shared.settings.startup_timeout);
                 tracing::error!(worker = id, pid, "{message}");
-                return Start::Failed(Some(message));
+                return Err(Start::Failed(Some(message)));
             }
             _ = shutdown => {
                 if shared.lock().closing {
-                    return Start::Shutdown;
+                    return Err(Start::Shutdown);
                 }
             }
         }
@@ -246,7 +375,13 @@ fn record_failure(shared: &Shared, traceback: String) {
     }
     let failure = AppFailure { traceback, gave_up };
     state.failure = Some(failure.clone());
-    shared.refuse_waiters(&mut state, Refusal::AppBroken(failure));
+    if !state
+        .workers
+        .iter()
+        .any(|w| w.phase == Phase::Idle || w.phase == Phase::Busy)
+    {
+        shared.refuse_waiters(&mut state, Refusal::AppBroken(failure));
+    }
 }
 
 fn given_up(shared: &Shared) -> bool {
@@ -257,7 +392,7 @@ fn mark_stopped(shared: &Shared, id: usize) {
     shared.lock().workers[id].phase = Phase::Stopped;
 }
 
-/// Sleeps for `delay`; returns true when woken early (shutdown or reset).
+/// Sleeps for `delay`; returns true when woken early (shutdown, or the app changed).
 async fn wait_or_wake(shared: &Shared, delay: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(delay) => false,

@@ -18,7 +18,9 @@ Process interface
 * stdout and stderr are piped to the host, which logs them line by line; wsgi.errors is
   sys.stderr, and unhandled app errors are logged there with their traceback.
 * SIGINT is ignored (the host handles Ctrl-C and drains). SIGTERM: exit 0 at once when
-  idle, or right after the request in progress.
+  idle, or right after the request in progress (the app's atexit handlers run; its
+  non-daemon threads are not waited for). Before ``ready`` is sent, SIGTERM has its
+  default action (the process dies of the signal).
 * Environment: FCGIHOST_APP (``pkg.mod.app``, ``pkg.mod.create_app()``, ``pkg.mod:app``,
   ``pkg.mod:create_app()``), FCGIHOST_APP_DIR (chdir there, first on sys.path),
   FCGIHOST_PYTHONPATH (os.pathsep-separated, appended to sys.path), FCGIHOST_DEBUG=1
@@ -492,7 +494,7 @@ class Connection:
                 raise ConnectionLost("the host closed the connection")
             if record[1] == request_id:
                 return record
-            pass
+            self._keep(record)
 
     def read_stdin(self):
         """Next chunk of the active request's body, b"" at its end (for InputStream)."""

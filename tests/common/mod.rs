@@ -18,6 +18,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// The DAP client and `fcgihost attach` guard of the remote-debugging tests (tests/debug.rs).
+pub mod dap;
+
 /// How long a host may take from spawn to its `listening on` line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A generous bound for one ordinary HTTP exchange.
@@ -675,7 +678,16 @@ impl Drop for KillOnDrop {
 }
 
 /// Polls `cond` every 10 ms until it holds (true) or `timeout` passes (false).
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    wait_until_every(timeout, Duration::from_millis(10), cond)
+}
+
+/// Polls `cond` every `interval` until it holds (true) or `timeout` passes (false).
+pub fn wait_until_every(
+    timeout: Duration,
+    interval: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -684,7 +696,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(interval);
     }
 }
 
@@ -1086,7 +1098,7 @@ impl RawConn {
             }
             while self.buf.len() < size + 2 {
                 if self.fill()? == 0 {
-                    out.extend(self.buf.drain(..));
+                    out.append(&mut self.buf);
                     return Err(io_err("connection closed inside a chunk".into()));
                 }
             }

@@ -892,7 +892,9 @@ class SharedWorkerTests(unittest.TestCase):
         self.assertEqual(rtype, STDOUT)
         self.assertIn(b"tick", content)
         self.client.send(record(ABORT_REQUEST, 1))
+        deadline = time.monotonic() + 3
         while True:
+            self.assertLess(time.monotonic(), deadline, "streaming went on after ABORT")
             rtype, _, content = self.client.next_record_for(1)
             if rtype == END_REQUEST:
                 break

@@ -339,7 +339,13 @@ ROUTES = {
 
 
 def app(environ, start_response):
+    """The WSGI entry point."""
     path = environ.get("PATH_INFO") or "/"
     if path == "/echo" or path.startswith("/echo/"):
         return echo(environ, start_response)
     return ROUTES.get(path, not_found)(environ, start_response)
+
+
+def create_app():
+    """An app factory, for the `plainapp.create_app()` and `plainapp:create_app()` specs."""
+    return app
