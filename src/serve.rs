@@ -14,7 +14,7 @@ use crate::front::http::{self as front_http, Front, FrontOptions};
 use crate::pool::process::{self, ControlEvent, WorkerSpec};
 use crate::pool::runtime::RuntimeDir;
 use crate::pool::watcher;
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::{Pool, PoolSettings, RecyclePolicy};
 use crate::Error;
 
 /// Runs the host until SIGTERM/SIGINT, then drains in-flight requests (up to
@@ -50,6 +50,12 @@ pub async fn serve(loaded: Loaded) -> Result<(), Error> {
             max_pause: config.debug.max_pause,
             startup_timeout: config.startup_timeout,
             rapid_fails_per_minute: config.rapid_fails_per_minute,
+            recycle: RecyclePolicy {
+                max_requests: config.max_requests,
+                max_requests_jitter: config.max_requests_jitter,
+                max_rss: config.max_worker_rss,
+                max_lifetime: config.max_worker_lifetime,
+            },
             debug: config.debug_enabled(),
             spec,
         },

@@ -97,6 +97,22 @@ pub(super) fn read(
         opt_dur,
     )?;
     r.set(&mut p.graceful_timeout, &["FCGIHOST_GRACEFUL_TIMEOUT"], dur)?;
+    r.set(&mut p.max_requests, &["FCGIHOST_MAX_REQUESTS"], |s| {
+        values::parse_count(s, 0).map(|n| n as u64)
+    })?;
+    r.set(
+        &mut p.max_requests_jitter,
+        &["FCGIHOST_MAX_REQUESTS_JITTER"],
+        |s| values::parse_count(s, 0).map(|n| n as u64),
+    )?;
+    r.set(&mut p.max_worker_rss, &["FCGIHOST_MAX_WORKER_RSS"], |s| {
+        values::parse_size(s).map(|b| (b > 0).then_some(b))
+    })?;
+    r.set(
+        &mut p.max_worker_lifetime,
+        &["FCGIHOST_MAX_WORKER_LIFETIME"],
+        opt_dur,
+    )?;
     r.set(&mut p.startup_timeout, &["FCGIHOST_STARTUP_TIMEOUT"], |s| {
         let d = parse_duration(s)?;
         if d.is_zero() {

@@ -32,6 +32,10 @@ struct FileTop {
     graceful_timeout: V,
     startup_timeout: V,
     rapid_fails_per_minute: V,
+    max_requests: V,
+    max_requests_jitter: V,
+    max_worker_rss: V,
+    max_worker_lifetime: V,
     script_name: V,
     restart_file_regex: V,
     worker: Option<FileWorker>,
@@ -83,6 +87,10 @@ const TABLES: &[(&str, &[&str])] = &[
             "graceful_timeout",
             "startup_timeout",
             "rapid_fails_per_minute",
+            "max_requests",
+            "max_requests_jitter",
+            "max_worker_rss",
+            "max_worker_lifetime",
             "script_name",
             "restart_file_regex",
             "worker",
@@ -239,6 +247,39 @@ impl Ctx<'_> {
             &top.rapid_fails_per_minute,
             "rapid_fails_per_minute",
             |v| count(v, 0).and_then(|n| u32::try_from(n).map_err(|_| format!("{n} is too large"))),
+        )?;
+        self.set(
+            &mut p.max_requests,
+            &top.max_requests,
+            "max_requests",
+            |v| count(v, 0).map(|n| n as u64),
+        )?;
+        self.set(
+            &mut p.max_requests_jitter,
+            &top.max_requests_jitter,
+            "max_requests_jitter",
+            |v| count(v, 0).map(|n| n as u64),
+        )?;
+        self.set(
+            &mut p.max_worker_rss,
+            &top.max_worker_rss,
+            "max_worker_rss",
+            |v| {
+                let bytes = match v {
+                    Value::Integer(n) => u64::try_from(*n)
+                        .map_err(|_| format!("{n} is negative"))?
+                        .checked_mul(1 << 20)
+                        .ok_or_else(|| format!("{n} is too large"))?,
+                    _ => text(v).and_then(|s| values::parse_size(&s))?,
+                };
+                Ok((bytes > 0).then_some(bytes))
+            },
+        )?;
+        self.set(
+            &mut p.max_worker_lifetime,
+            &top.max_worker_lifetime,
+            "max_worker_lifetime",
+            |v| duration(v).map(non_zero),
         )?;
         self.set(&mut p.script_name, &top.script_name, "script_name", |v| {
             text(v).and_then(|s| values::parse_script_name(&s))

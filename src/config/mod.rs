@@ -102,6 +102,15 @@ pub struct Config {
     pub startup_timeout: Duration,
     /// Worker start failures per minute after which the supervisor stops respawning.
     pub rapid_fails_per_minute: u32,
+    /// Recycle a worker after this many requests (0 = never), plus up to
+    /// `max_requests_jitter` more so workers do not all recycle at once.
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    /// Recycle a worker whose resident memory passes this many bytes (checked between
+    /// requests).
+    pub max_worker_rss: Option<u64>,
+    /// Recycle a worker after it has lived this long.
+    pub max_worker_lifetime: Option<Duration>,
     /// Mount prefix split off the front of `PATH_INFO` (`""` or `/prefix`, no trailing `/`).
     pub script_name: String,
     /// Restart workers when a file under `app_dir` whose path matches changes; `None` = never.
@@ -279,6 +288,10 @@ struct Partial {
     graceful_timeout: Slot<Duration>,
     startup_timeout: Slot<Duration>,
     rapid_fails_per_minute: Slot<u32>,
+    max_requests: Slot<u64>,
+    max_requests_jitter: Slot<u64>,
+    max_worker_rss: Slot<Option<u64>>,
+    max_worker_lifetime: Slot<Option<Duration>>,
     script_name: Slot<String>,
     restart_file_regex: Slot<Option<String>>,
     worker_command: Slot<Option<Vec<String>>>,
@@ -428,6 +441,10 @@ pub fn load_with_cwd(
     let graceful_timeout = pick!(graceful_timeout, Duration::from_secs(30));
     let startup_timeout = pick!(startup_timeout, Duration::from_secs(60));
     let rapid_fails = pick!(rapid_fails_per_minute, 10);
+    let max_requests = pick!(max_requests, 0);
+    let max_requests_jitter = pick!(max_requests_jitter, 0);
+    let max_worker_rss = pick!(max_worker_rss, None);
+    let max_worker_lifetime = pick!(max_worker_lifetime, None);
     let script_name = pick!(script_name, String::new());
     let restart = pick!(
         restart_file_regex,
@@ -478,6 +495,10 @@ pub fn load_with_cwd(
         graceful_timeout: graceful_timeout.0,
         startup_timeout: startup_timeout.0,
         rapid_fails_per_minute: rapid_fails.0,
+        max_requests: max_requests.0,
+        max_requests_jitter: max_requests_jitter.0,
+        max_worker_rss: max_worker_rss.0,
+        max_worker_lifetime: max_worker_lifetime.0,
         script_name: script_name.0.clone(),
         restart_file_regex: restart.0.clone(),
         worker: WorkerConfig {
@@ -550,6 +571,34 @@ pub fn load_with_cwd(
         "rapid_fails_per_minute",
         rapid_fails.0.to_string(),
         &rapid_fails.1,
+    );
+    add(
+        "max_requests",
+        if max_requests.0 == 0 {
+            "0 (never)".into()
+        } else {
+            max_requests.0.to_string()
+        },
+        &max_requests.1,
+    );
+    add(
+        "max_requests_jitter",
+        max_requests_jitter.0.to_string(),
+        &max_requests_jitter.1,
+    );
+    add(
+        "max_worker_rss",
+        max_worker_rss
+            .0
+            .map_or_else(|| "off".into(), |b| format!("{} MiB", b >> 20)),
+        &max_worker_rss.1,
+    );
+    add(
+        "max_worker_lifetime",
+        max_worker_lifetime
+            .0
+            .map_or_else(|| "off".into(), |d| format!("{d:?}")),
+        &max_worker_lifetime.1,
     );
     add("script_name", text(&script_name.0), &script_name.1);
     add(

@@ -23,6 +23,30 @@ pub(super) fn quote(s: &str) -> String {
 ///
 /// The error text is complete (`invalid duration "9x" (use e.g. "90s", "2m")`) so callers only
 /// add the key or variable in front.
+/// Parses a memory size: `"512MiB"`, `"512MB"`, `"2GiB"`, `"1G"`, `"300M"`, `"65536K"`;
+/// a bare number is MiB (as uWSGI's `reload-on-rss`). `0` means off.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (use e.g. \"512MiB\" or \"2GiB\")"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 1 << 20,
+        "k" | "kb" | "kib" => 1 << 10,
+        "g" | "gb" | "gib" => 1 << 30,
+        "b" => 1,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?} (use e.g. \"512MiB\" or \"2GiB\")"
+            ))
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("invalid duration {} {DURATION_HINT}", quote(s));
     let t = s.trim();

@@ -55,6 +55,14 @@ const PORT_POLL: Duration = Duration::from_millis(50);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time given to the WebSocket closing handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a worker's debugpy gets to wind down a closed debug connection before the proxy
+/// opens the next one to it. debugpy 1.8.22's adapter finishes a client's session only after
+/// a round trip to the debuggee; a client that connects within that window is refused
+/// ("already being debugged"), and the adapter's `debugpySockets` event for it goes to the
+/// closed client, whose error ends the adapter's accept thread: the worker then accepts no
+/// debugger until it restarts. A quick reconnect (an IDE retrying after a dropped network)
+/// therefore waits this long.
+const SETTLE: Duration = Duration::from_secs(1);
 /// Read size on the debugpy side.
 const READ_CHUNK: usize = 64 * 1024;
 /// Request header with which `fcgihost attach` checks URL and secret without touching
@@ -85,6 +93,8 @@ struct Book {
     pool: Pool,
     /// Per worker: how many of its debug connections report it paused.
     paused: Mutex<Vec<u32>>,
+    /// Per worker: when its last debug connection closed (see [`SETTLE`]).
+    closed_at: Mutex<Vec<Option<tokio::time::Instant>>>,
     /// How many debug connections have finished DAP configuration (`configurationDone`);
     /// requests held by `debug.wait_for_attach` wait for this to become non-zero.
     configured: watch::Sender<usize>,
@@ -93,6 +103,25 @@ struct Book {
 impl Book {
     fn lock(&self) -> MutexGuard<'_, Vec<u32>> {
         self.paused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn closed_at(&self) -> MutexGuard<'_, Vec<Option<tokio::time::Instant>>> {
+        self.closed_at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers that a debug connection to `worker` just closed.
+    fn connection_closed(&self, worker: usize) {
+        if let Some(slot) = self.closed_at().get_mut(worker) {
+            *slot = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// Waits until `worker`'s debugpy has had [`SETTLE`] since its last connection closed.
+    async fn settle(&self, worker: usize) {
+        let closed = self.closed_at().get(worker).copied().flatten();
+        if let Some(closed) = closed {
+            tokio::time::sleep_until(closed + SETTLE).await;
+        }
     }
 
     /// Applies one connection's pause edge to its worker: the worker is paused while any of
@@ -130,6 +159,7 @@ impl DebugProxy {
             book: Arc::new(Book {
                 pool,
                 paused: Mutex::new(vec![0; workers]),
+                closed_at: Mutex::new(vec![None; workers]),
                 configured: watch::channel(0).0,
             }),
             wait_for_attach: None,
@@ -299,6 +329,7 @@ impl DebugProxy {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             return response;
         };
+        self.book.settle(worker).await;
         let tcp = match tokio::time::timeout(
             CONNECT_TIMEOUT,
             TcpStream::connect(("127.0.0.1", port)),
@@ -632,6 +663,7 @@ async fn relay(
         }
     }
     conn.closed();
+    book.connection_closed(worker);
     book.pool.debugger_attached(worker, false);
     let reason = match end {
         End::Client(r) => format!("debugger side: {r}"),

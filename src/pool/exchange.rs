@@ -59,6 +59,23 @@ pub struct ResponseStart {
 /// instead of filling the host's memory).
 pub struct ChannelBody {
     rx: mpsc::Receiver<Result<Bytes, BodyError>>,
+    /// Data was handed to hyper since the last `Pending`: it may still sit in hyper's
+    /// write buffer.
+    unflushed: bool,
+    /// An error held back for one poll so that hyper flushes what the app already sent
+    /// (PEP 3333: a server must not hold back a block the app produced) before it aborts
+    /// the connection.
+    deferred: Option<BodyError>,
+}
+
+impl ChannelBody {
+    fn new(rx: mpsc::Receiver<Result<Bytes, BodyError>>) -> Self {
+        Self {
+            rx,
+            unflushed: false,
+            deferred: None,
+        }
+    }
 }
 
 impl Body for ChannelBody {
@@ -69,9 +86,28 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|r| r.map(Frame::data)))
+        if let Some(err) = self.deferred.take() {
+            return Poll::Ready(Some(Err(err)));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                self.unflushed = true;
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(err))) if self.unflushed => {
+                // Returning Pending makes hyper flush its buffer; the wake brings it back.
+                self.unflushed = false;
+                self.deferred = Some(err);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                self.unflushed = false;
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -91,7 +127,7 @@ pub async fn start(
     match head_rx.await {
         Ok(Ok(head)) => Ok(ResponseStart {
             head,
-            body: ChannelBody { rx },
+            body: ChannelBody::new(rx),
         }),
         Ok(Err(failure)) => Err(failure),
         Err(_) => Err(Failure::BadGateway),

@@ -1,4 +1,4 @@
-//! The worker pool: a fixed set of worker slots, each supervised by its own task
+//! The worker pool: a set of worker slots, each supervised by its own task
 //! ([`supervisor`]), and the dispatcher that hands each request to an idle worker or
 //! parks it in a bounded queue. A worker serves one request at a time, so pause, timeout
 //! and kill act on exactly one request.
@@ -31,8 +31,42 @@ pub struct PoolSettings {
     pub max_pause: Option<Duration>,
     pub startup_timeout: Duration,
     pub rapid_fails_per_minute: u32,
+    pub recycle: RecyclePolicy,
     pub debug: bool,
     pub spec: WorkerSpec,
+}
+
+/// When a worker is replaced by a fresh one (gracefully: the replacement starts first, the
+/// old one finishes its request). IIS `instanceMaxRequests`, gunicorn `--max-requests`.
+#[derive(Debug, Clone, Default)]
+pub struct RecyclePolicy {
+    /// After this many requests (0 = never)...
+    pub max_requests: u64,
+    /// ...plus a random 0..=jitter more, so workers do not all recycle together.
+    pub max_requests_jitter: u64,
+    /// When resident memory passes this many bytes (checked between requests).
+    pub max_rss: Option<u64>,
+    /// When the worker has lived this long.
+    pub max_lifetime: Option<Duration>,
+}
+
+impl RecyclePolicy {
+    /// The request count after which a new worker process is recycled.
+    fn request_limit(&self) -> u64 {
+        if self.max_requests == 0 {
+            return u64::MAX;
+        }
+        let jitter = if self.max_requests_jitter == 0 {
+            0
+        } else {
+            use std::hash::{BuildHasher, Hasher};
+            let random = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            random % (self.max_requests_jitter + 1)
+        };
+        self.max_requests.saturating_add(jitter)
+    }
 }
 
 /// Why a request got no worker.
@@ -92,6 +126,13 @@ pub struct WorkerState {
     pub current: Option<CurrentRequest>,
     generation: u64,
     conn: Option<WorkerConn>,
+    signals: Arc<SlotSignals>,
+    /// Set once the worker is due for recycling: it takes no new request while its
+    /// replacement starts.
+    retiring: bool,
+    /// Requests served by the current process, and the count at which it is recycled.
+    served: u64,
+    recycle_after: u64,
     socket_path: Option<std::path::PathBuf>,
 }
 
@@ -137,17 +178,28 @@ struct State {
     roll_failed_epoch: Option<u64>,
 }
 
-/// Per-worker signals that live outside the lock.
+/// Per-worker signals, shared outside the lock with the supervisor and leases.
+#[derive(Debug)]
 struct SlotSignals {
     /// True while a debugger holds the worker paused.
     paused: watch::Sender<bool>,
+    /// Asks the supervisor to replace its worker (recycling).
+    recycle: Notify,
+}
+
+impl SlotSignals {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            paused: watch::channel(false).0,
+            recycle: Notify::new(),
+        })
+    }
 }
 
 pub(crate) struct Shared {
     settings: PoolSettings,
     runtime: RuntimeDir,
     state: Mutex<State>,
-    slots: Vec<SlotSignals>,
     /// Wakes supervisors (shutdown, or a reset after the app changed).
     wake: Notify,
     /// Signalled whenever a worker becomes idle (used by drain).
@@ -180,11 +232,10 @@ impl Pool {
                 generation: 0,
                 conn: None,
                 socket_path: None,
-            })
-            .collect();
-        let slots = (0..settings.workers)
-            .map(|_| SlotSignals {
-                paused: watch::channel(false).0,
+                signals: SlotSignals::new(),
+                retiring: false,
+                served: 0,
+                recycle_after: u64::MAX,
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -201,7 +252,6 @@ impl Pool {
                 pending_debug_ports: std::collections::HashMap::new(),
                 roll_failed_epoch: None,
             }),
-            slots,
             wake: Notify::new(),
             idle_changed: Notify::new(),
             restart_epoch: watch::channel(0).0,
@@ -267,6 +317,7 @@ impl Pool {
         worker.current = Some(current);
         Lease {
             shared: self.shared.clone(),
+            signals: worker.signals.clone(),
             worker: grant.worker,
             generation: grant.generation,
             pid: grant.pid,
@@ -302,7 +353,7 @@ impl Pool {
                 id: w.id,
                 pid: w.pid,
                 phase: w.phase,
-                paused: *self.shared.slots[w.id].paused.borrow(),
+                paused: *w.signals.paused.borrow(),
                 debug_port: w.debug_port,
                 debuggers: w.debuggers,
                 requests: w.requests,
@@ -319,8 +370,15 @@ impl Pool {
 
     /// Marks a worker paused or running (from the debug proxy's DAP monitor).
     pub fn set_paused(&self, worker: usize, paused: bool) {
-        if let Some(slot) = self.shared.slots.get(worker) {
-            slot.paused
+        let signals = self
+            .shared
+            .lock()
+            .workers
+            .get(worker)
+            .map(|w| w.signals.clone());
+        if let Some(signals) = signals {
+            signals
+                .paused
                 .send_if_modified(|p| std::mem::replace(p, paused) != paused);
         }
     }
@@ -403,6 +461,15 @@ impl Pool {
     }
 }
 
+/// Resident memory of a process (Linux: /proc/<pid>/statm); None where unknown.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).unwrap_or(4096))
+}
+
 /// True while a process with this pid exists and is not a zombie of ours.
 fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -418,7 +485,7 @@ fn take_idle(state: &mut State) -> Option<Grant> {
     let pick = state
         .workers
         .iter()
-        .filter(|w| w.phase == Phase::Idle && w.conn.is_some())
+        .filter(|w| w.phase == Phase::Idle && !w.retiring && w.conn.is_some())
         .min_by_key(|w| (w.debuggers == 0, w.id))
         .map(|w| w.id)?;
     let worker = &mut state.workers[pick];
@@ -432,6 +499,41 @@ fn take_idle(state: &mut State) -> Option<Grant> {
 }
 
 impl Shared {
+    /// True when a worker has served its `max_requests` (plus jitter) or passed
+    /// `max_worker_rss`; checked after each request.
+    fn due_for_recycling(&self, worker: &WorkerState) -> bool {
+        if worker.served >= worker.recycle_after {
+            tracing::info!(
+                worker = worker.id,
+                pid = worker.pid,
+                served = worker.served,
+                "recycling worker: max_requests reached"
+            );
+            return true;
+        }
+        let (Some(limit), Some(pid)) = (self.settings.recycle.max_rss, worker.pid) else {
+            return false;
+        };
+        match resident_bytes(pid) {
+            Some(rss) if rss > limit => {
+                tracing::info!(
+                    worker = worker.id,
+                    pid,
+                    rss_mib = rss >> 20,
+                    limit_mib = limit >> 20,
+                    "recycling worker: max_worker_rss passed"
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The signals of worker slot `id`.
+    fn signals(&self, id: usize) -> Arc<SlotSignals> {
+        self.lock().workers[id].signals.clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -473,6 +575,7 @@ impl Shared {
 /// discards the connection (its state is unknown) and opens a fresh one.
 pub struct Lease {
     shared: Arc<Shared>,
+    signals: Arc<SlotSignals>,
     worker: usize,
     generation: u64,
     pid: u32,
@@ -506,7 +609,7 @@ impl Lease {
 
     /// Follows the debugger's hold on this worker.
     pub fn pause_signal(&self) -> watch::Receiver<bool> {
-        self.shared.slots[self.worker].paused.subscribe()
+        self.signals.paused.subscribe()
     }
 }
 
@@ -521,6 +624,11 @@ impl Drop for Lease {
         }
         worker.current = None;
         worker.requests += 1;
+        worker.served += 1;
+        if !worker.retiring && self.shared.due_for_recycling(worker) {
+            worker.retiring = true;
+            worker.signals.recycle.notify_one();
+        }
         let conn = if self.reusable && conn.is_some() {
             conn
         } else {

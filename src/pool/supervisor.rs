@@ -37,6 +37,17 @@ struct Running {
     _control: Option<tokio::net::unix::OwnedWriteHalf>,
     started: Instant,
     generation: u64,
+    /// A recycling replacement failed to load: keep this worker, stop trying.
+    recycle_failed: bool,
+}
+
+/// Why a worker is being replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The app changed (rolling restart, one slot at a time).
+    Restart,
+    /// The worker reached a recycling limit.
+    Recycle,
 }
 
 /// How a worker's start ended.
@@ -95,7 +106,14 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
         }
         failures_in_row = 0;
 
+        let signals = shared.signals(id);
         let status = loop {
+            let expires = shared
+                .settings
+                .recycle
+                .max_lifetime
+                .filter(|_| !running.recycle_failed)
+                .map(|lifetime| tokio::time::Instant::from_std(running.started + lifetime));
             tokio::select! {
                 status = running.child.wait() => break status,
                 event = running.events.recv() => match event {
@@ -108,7 +126,15 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
                         continue;
                     }
                     restarts.borrow_and_update();
-                    running = replace(&shared, id, running).await;
+                    running = replace(&shared, id, running, Why::Restart).await;
+                }
+                () = signals.recycle.notified() => {
+                    running = replace(&shared, id, running, Why::Recycle).await;
+                }
+                () = sleep_until_some(expires) => {
+                    tracing::info!(worker = id, pid = running.pid, "recycling worker: max_worker_lifetime reached");
+                    shared.lock().workers[id].retiring = true;
+                    running = replace(&shared, id, running, Why::Recycle).await;
                 }
             }
         };
@@ -126,7 +152,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
             worker.respawns += 1;
             state.closing
         };
-        shared.slots[id].paused.send_replace(false);
+        shared.signals(id).paused.send_replace(false);
         shared.idle_changed.notify_waiters();
         if closing {
             mark_stopped(&shared, id);
@@ -180,6 +206,7 @@ async fn start_worker(shared: &Shared, id: usize) -> Start {
             _control: control,
             started,
             generation,
+            recycle_failed: false,
         })
         .with_debug_port(shared, id, debug_port),
         Err(outcome) => {
@@ -213,7 +240,11 @@ fn install(shared: &Shared, id: usize, running: &Running) -> bool {
         let mut state = shared.lock();
         state.failure = None;
         let debug_port = state.pending_debug_ports.remove(&id);
+        let recycle_after = shared.settings.recycle.request_limit();
         let worker = &mut state.workers[id];
+        worker.retiring = false;
+        worker.served = 0;
+        worker.recycle_after = recycle_after;
         worker.generation = running.generation;
         worker.pid = Some(running.pid);
         worker.conn = Some(conn);
@@ -222,7 +253,7 @@ fn install(shared: &Shared, id: usize, running: &Running) -> bool {
         worker.phase = Phase::Idle;
         shared.serve_waiters(&mut state);
     }
-    shared.slots[id].paused.send_replace(false);
+    shared.signals(id).paused.send_replace(false);
     shared.idle_changed.notify_waiters();
     tracing::info!(
         worker = id,
@@ -235,15 +266,32 @@ fn install(shared: &Shared, id: usize, running: &Running) -> bool {
 
 /// Replaces the running worker with a fresh one that imported the (changed) app, one slot
 /// at a time. Returns the worker that is in service afterwards.
-async fn replace(shared: &Arc<Shared>, id: usize, mut old: Running) -> Running {
+async fn replace(shared: &Arc<Shared>, id: usize, mut old: Running, why: Why) -> Running {
     let Ok(_turn) = shared.roll_turn.clone().acquire_owned().await else {
         return old;
     };
-    if shared.lock().roll_failed_epoch == Some(*shared.restart_epoch.borrow()) {
+    if why == Why::Restart
+        && shared.lock().roll_failed_epoch == Some(*shared.restart_epoch.borrow())
+    {
         return old;
     }
     let new = match start_worker(shared, id).await {
         Start::Ready(new) => new,
+        Start::Failed(message) if why == Why::Recycle => {
+            tracing::error!(
+                worker = id,
+                pid = old.pid,
+                "the recycling replacement failed to load; keeping the current worker:\n{}",
+                message.unwrap_or_default()
+            );
+            old.recycle_failed = true;
+            let mut state = shared.lock();
+            let worker = &mut state.workers[id];
+            worker.retiring = false;
+            worker.recycle_after = u64::MAX;
+            shared.serve_waiters(&mut state);
+            return old;
+        }
         Start::Failed(message) => {
             let epoch = *shared.restart_epoch.borrow();
             shared.lock().roll_failed_epoch = Some(epoch);
@@ -285,6 +333,14 @@ async fn replace(shared: &Arc<Shared>, id: usize, mut old: Running) -> Running {
         let _ = std::fs::remove_file(&socket_path);
     });
     new
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn log_event(id: usize, pid: u32, event: ControlEvent) {

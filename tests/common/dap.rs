@@ -456,6 +456,25 @@ impl AttachProcess {
         (code, self.output.clone())
     }
 
+    /// Waits until the output contains `needle`; the output so far, or `Err` with it when
+    /// `timeout` passes (or the process ends) first.
+    pub fn wait_output(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        while !self.output.contains(needle) {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    self.output.push_str(&line);
+                    self.output.push('\n');
+                }
+                Err(_) => return Err(self.output.clone()),
+            }
+        }
+        Ok(self.output.clone())
+    }
+
     /// Output printed since start (drains what is pending).
     pub fn output_now(&mut self) -> String {
         while let Ok(line) = self.lines.try_recv() {
