@@ -10,6 +10,7 @@
 //! - [`debug`]: the `/ptvsd` proxy, DAP monitor, auth, info page, attach client.
 //! - [`deadline`]: the pause-aware request clock.
 //! - [`serve`]: wires the above together for `fcgihost serve` and `fcgihost check`.
+//! - [`iis`]: `fcgihost web-config` and `fcgihost migrate` (IIS web.config files).
 
 pub mod config;
 pub mod deadline;
@@ -17,6 +18,7 @@ pub mod debug;
 pub mod error;
 pub mod front;
 pub mod gateway;
+pub mod iis;
 pub mod logging;
 pub mod pages;
 pub mod pool;

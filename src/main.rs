@@ -23,6 +23,78 @@ enum Command {
     Check(HostArgs),
     /// Tunnel a local port to a server's /ptvsd debug proxy, for VS Code or Visual Studio.
     Attach(AttachArgs),
+    /// Print the IIS web.config (HttpPlatformHandler) for an app, or write it with
+    /// Web.Debug.config and Web.Release.config into a directory.
+    WebConfig(WebConfigArgs),
+    /// Convert a wfastcgi web.config to fcgihost, keeping every appSetting.
+    Migrate(MigrateArgs),
+}
+
+/// `fcgihost web-config [--debug] [--app X] [--python PATH] [--out DIR] [--force]`.
+#[derive(Args)]
+struct WebConfigArgs {
+    /// Also put a fresh debug secret into web.config itself (remote debugging on).
+    #[arg(long)]
+    debug: bool,
+    /// The WSGI app (WSGI_HANDLER): `pkg.mod.app`, `pkg.mod:app` or `pkg.mod.create_app()`.
+    #[arg(long)]
+    app: Option<String>,
+    /// Python interpreter on the server (passed to `fcgihost serve` as --python).
+    #[arg(long)]
+    python: Option<String>,
+    /// Write web.config, Web.Debug.config and Web.Release.config into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Overwrite those files when they exist.
+    #[arg(long, requires = "out")]
+    force: bool,
+}
+
+/// `fcgihost migrate WEB_CONFIG [--write]`.
+#[derive(Args)]
+struct MigrateArgs {
+    /// The wfastcgi-era web.config.
+    web_config: PathBuf,
+    /// Replace the file (the original goes to <file>.wfastcgi.bak) instead of printing.
+    #[arg(long)]
+    write: bool,
+}
+
+/// Runs `fcgihost web-config`.
+fn web_config(args: WebConfigArgs) -> ExitCode {
+    let options = fcgihost::iis::WebConfigOptions {
+        app: args.app,
+        python: args.python,
+        debug: args.debug,
+    };
+    iis_exit(fcgihost::iis::web_config_command(
+        &options,
+        args.out.as_deref(),
+        args.force,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    ))
+}
+
+/// Runs `fcgihost migrate`.
+fn migrate(args: MigrateArgs) -> ExitCode {
+    iis_exit(fcgihost::iis::migrate_command(
+        &args.web_config,
+        args.write,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    ))
+}
+
+/// The exit code of `web-config` and `migrate`, after printing their error.
+fn iis_exit(result: Result<(), fcgihost::iis::IisError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fcgihost: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `fcgihost attach URL [--listen 127.0.0.1:5678] [--insecure]`.
@@ -123,8 +195,11 @@ fn main() -> ExitCode {
         Command::Serve(args) => (args, false),
         Command::Check(args) => (args, true),
         Command::Attach(args) => return attach(args),
+        Command::WebConfig(args) => return web_config(args),
+        Command::Migrate(args) => return migrate(args),
     };
-    let loaded = match config::load(&args.overrides(), &env) {
+    let overrides = args.overrides();
+    let loaded = match config::load(&overrides, &env) {
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("fcgihost: {err}");
@@ -148,7 +223,7 @@ fn main() -> ExitCode {
         if is_check {
             fcgihost::serve::check(loaded).await
         } else {
-            fcgihost::serve::serve(loaded).await
+            fcgihost::serve::serve(loaded, overrides).await
         }
     });
     match result {

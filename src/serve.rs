@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::{Config, Loaded};
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::config::{CliOverrides, Config, Loaded};
 use crate::debug::auth::Secret;
 use crate::debug::proxy::DebugProxy;
 use crate::front::http::{self as front_http, Front, FrontOptions};
@@ -19,7 +22,8 @@ use crate::Error;
 
 /// Runs the host until SIGTERM/SIGINT, then drains in-flight requests (up to
 /// `graceful_timeout`) and stops every worker.
-pub async fn serve(loaded: Loaded) -> Result<(), Error> {
+pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
+    let mut signals = OperatorSignals::register()?;
     let config = loaded.config;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
@@ -32,7 +36,7 @@ pub async fn serve(loaded: Loaded) -> Result<(), Error> {
         _ => None,
     };
     let runtime = RuntimeDir::create()?;
-    let spec = worker_spec(&config, &runtime);
+    let spec = worker_spec(&config, runtime.worker_script());
     let listener = front_http::bind(config.listen).await?;
     tracing::info!(
         workers = config.workers,
@@ -41,26 +45,8 @@ pub async fn serve(loaded: Loaded) -> Result<(), Error> {
         debug = config.debug_enabled(),
         "starting workers"
     );
-    let pool = Pool::start(
-        PoolSettings {
-            workers: config.workers,
-            max_queue: config.max_queue,
-            queue_timeout: config.queue_timeout,
-            request_timeout: config.request_timeout,
-            max_pause: config.debug.max_pause,
-            startup_timeout: config.startup_timeout,
-            rapid_fails_per_minute: config.rapid_fails_per_minute,
-            recycle: RecyclePolicy {
-                max_requests: config.max_requests,
-                max_requests_jitter: config.max_requests_jitter,
-                max_rss: config.max_worker_rss,
-                max_lifetime: config.max_worker_lifetime,
-            },
-            debug: config.debug_enabled(),
-            spec,
-        },
-        runtime,
-    );
+    let script = runtime.worker_script().to_owned();
+    let pool = Pool::start(pool_settings(&config, spec), runtime);
     let _watcher = match restart_pattern {
         Some(pattern) => Some(watcher::watch(&config.app_dir, pattern, pool.clone())?),
         None => None,
@@ -92,7 +78,7 @@ pub async fn serve(loaded: Loaded) -> Result<(), Error> {
     let grace = config.graceful_timeout;
     let server = tokio::spawn(front_http::run(listener, front, stop_rx, grace));
 
-    let signal = shutdown_signal().await;
+    let signal = signals.run_until_shutdown(&pool, &cli, &script).await;
     tracing::info!(
         signal,
         "shutting down: finishing in-flight requests (graceful_timeout {:?})",
@@ -121,7 +107,7 @@ pub async fn check(loaded: Loaded) -> Result<(), Error> {
         ensure_debugpy(&config.python).await?;
     }
     let runtime = RuntimeDir::create()?;
-    let spec = worker_spec(&config, &runtime);
+    let spec = worker_spec(&config, runtime.worker_script());
     let socket = runtime.socket_path(0, 0);
     let mut spawned = process::spawn(&spec, 0, socket)
         .map_err(|e| Error::Spawn(format!("{}: {e}", config.python)))?;
@@ -162,9 +148,31 @@ pub async fn check(loaded: Loaded) -> Result<(), Error> {
     }
 }
 
+/// The pool's settings for a config.
+fn pool_settings(config: &Config, spec: WorkerSpec) -> PoolSettings {
+    PoolSettings {
+        workers: config.workers,
+        max_queue: config.max_queue,
+        queue_timeout: config.queue_timeout,
+        request_timeout: config.request_timeout,
+        max_pause: config.debug.max_pause,
+        slow_request_threshold: None,
+        startup_timeout: config.startup_timeout,
+        rapid_fails_per_minute: config.rapid_fails_per_minute,
+        recycle: RecyclePolicy {
+            max_requests: config.max_requests,
+            max_requests_jitter: config.max_requests_jitter,
+            max_rss: config.max_worker_rss,
+            max_lifetime: config.max_worker_lifetime,
+        },
+        debug: config.debug_enabled(),
+        spec,
+    }
+}
+
 /// How to start workers for this config: the shipped worker under `python`, or the
 /// user's `worker.command`.
-fn worker_spec(config: &Config, runtime: &RuntimeDir) -> WorkerSpec {
+fn worker_spec(config: &Config, worker_script: &Path) -> WorkerSpec {
     let mut env: Vec<(OsString, OsString)> = vec![
         ("PYTHONUNBUFFERED".into(), "1".into()),
         ("FCGIHOST_APP_DIR".into(), config.app_dir.clone().into()),
@@ -199,7 +207,7 @@ fn worker_spec(config: &Config, runtime: &RuntimeDir) -> WorkerSpec {
                 args.push("-X".into());
                 args.push("frozen_modules=off".into());
             }
-            args.push(runtime.worker_script().into());
+            args.push(worker_script.into());
             WorkerSpec {
                 program: config.python.clone().into(),
                 args,
@@ -228,28 +236,95 @@ async fn ensure_debugpy(python: &str) -> Result<(), Error> {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C), returning which.
-async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
+/// The signals an operator sends, registered before the host says it is listening (a
+/// SIGHUP that arrived before its handler would kill the process).
+#[cfg(unix)]
+struct OperatorSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    ttin: tokio::signal::unix::Signal,
+    ttou: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl OperatorSignals {
+    fn register() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            },
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                "Ctrl-C"
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            ttin: signal(SignalKind::from_raw(libc::SIGTTIN))?,
+            ttou: signal(SignalKind::from_raw(libc::SIGTTOU))?,
+        })
+    }
+
+    /// Handles operator signals until SIGTERM/SIGINT (returned): SIGHUP re-reads the
+    /// config and replaces the workers one by one (a broken config keeps the running
+    /// one); SIGTTIN and SIGTTOU add or remove a worker.
+    async fn run_until_shutdown(
+        &mut self,
+        pool: &Pool,
+        cli: &CliOverrides,
+        script: &Path,
+    ) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.hup.recv() => reload(pool, cli, script),
+                _ = self.ttin.recv() => pool.resize(pool.settings().workers + 1),
+                _ = self.ttou.recv() => pool.resize(pool.settings().workers.saturating_sub(1)),
             }
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+/// Ctrl-C (and Ctrl-Break) where there are no Unix signals.
+#[cfg(not(unix))]
+struct OperatorSignals;
+
+#[cfg(not(unix))]
+impl OperatorSignals {
+    fn register() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn run_until_shutdown(
+        &mut self,
+        _pool: &Pool,
+        _cli: &CliOverrides,
+        _script: &Path,
+    ) -> &'static str {
         let _ = tokio::signal::ctrl_c().await;
         "Ctrl-C"
+    }
+}
+
+/// Re-reads the configuration (same command line, current environment and files) and
+/// applies it to the pool; on error the running configuration stays and the log says why.
+pub fn reload(pool: &Pool, cli: &CliOverrides, script: &Path) {
+    let env: HashMap<String, String> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    match crate::config::load(cli, &env) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                tracing::warn!("{warning}");
+            }
+            let config = loaded.config;
+            tracing::info!(workers = config.workers, "configuration reloaded; replacing workers one by one (listen address and debug settings need a restart)");
+            let spec = worker_spec(&config, script);
+            pool.reconfigure(pool_settings(&config, spec));
+        }
+        Err(err) => {
+            tracing::error!("reload failed; the running configuration stays: {err}");
+        }
     }
 }

@@ -139,6 +139,37 @@ pub(super) fn read(
         &["FCGIHOST_RESTART_FILE_REGEX", "WSGI_RESTART_FILE_REGEX"],
         |s| Ok((!s.is_empty()).then(|| s.to_string())),
     )?;
+    r.set(&mut p.status_path, &["FCGIHOST_STATUS_PATH"], |s| {
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        values::parse_url_path(s).map(Some)
+    })?;
+    r.set(
+        &mut p.slow_request_threshold,
+        &["FCGIHOST_SLOW_REQUEST_THRESHOLD"],
+        opt_dur,
+    )?;
+    r.set(&mut p.max_header_size, &["FCGIHOST_MAX_HEADER_SIZE"], |s| {
+        values::parse_byte_size(s).and_then(|n| values::check_min(n, 1024))
+    })?;
+    r.set(&mut p.max_headers, &["FCGIHOST_MAX_HEADERS"], count(1))?;
+    r.set(&mut p.max_body_size, &["FCGIHOST_MAX_BODY_SIZE"], |s| {
+        values::parse_byte_size(s).map(|n| (n > 0).then_some(n))
+    })?;
+    r.set(
+        &mut p.header_read_timeout,
+        &["FCGIHOST_HEADER_READ_TIMEOUT"],
+        opt_dur,
+    )?;
+    r.set(
+        &mut p.keep_alive_timeout,
+        &["FCGIHOST_KEEP_ALIVE_TIMEOUT"],
+        opt_dur,
+    )?;
+    r.set(&mut p.max_connections, &["FCGIHOST_MAX_CONNECTIONS"], |s| {
+        count(0)(s).map(|n| (n > 0).then_some(n))
+    })?;
     r.set(&mut p.worker_command, &["FCGIHOST_WORKER_COMMAND"], |s| {
         values::split_words(s).map(|w| (!w.is_empty()).then_some(w))
     })?;
@@ -165,6 +196,11 @@ pub(super) fn read(
         &mut p.log_access,
         &["FCGIHOST_LOG_ACCESS"],
         values::parse_bool,
+    )?;
+    r.set(
+        &mut p.log_access_format,
+        &["FCGIHOST_LOG_ACCESS_FORMAT"],
+        values::parse_access_format,
     )?;
     r.set(
         &mut p.debug_secret,

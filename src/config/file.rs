@@ -38,6 +38,14 @@ struct FileTop {
     max_worker_lifetime: V,
     script_name: V,
     restart_file_regex: V,
+    status_path: V,
+    slow_request_threshold: V,
+    max_header_size: V,
+    max_headers: V,
+    max_body_size: V,
+    header_read_timeout: V,
+    keep_alive_timeout: V,
+    max_connections: V,
     worker: Option<FileWorker>,
     log: Option<FileLog>,
     debug: Option<FileDebug>,
@@ -58,6 +66,7 @@ struct FileLog {
     level: V,
     file: V,
     access: V,
+    access_format: V,
 }
 
 /// `[debug]`.
@@ -93,13 +102,21 @@ const TABLES: &[(&str, &[&str])] = &[
             "max_worker_lifetime",
             "script_name",
             "restart_file_regex",
+            "status_path",
+            "slow_request_threshold",
+            "max_header_size",
+            "max_headers",
+            "max_body_size",
+            "header_read_timeout",
+            "keep_alive_timeout",
+            "max_connections",
             "worker",
             "log",
             "debug",
         ],
     ),
     ("worker", &["command", "env"]),
-    ("log", &["level", "file", "access"]),
+    ("log", &["level", "file", "access", "access_format"]),
     ("debug", &["secret", "path", "wait_for_attach", "max_pause"]),
 ];
 
@@ -290,6 +307,55 @@ impl Ctx<'_> {
             "restart_file_regex",
             |v| text(v).map(|s| (!s.is_empty()).then_some(s)),
         )?;
+        self.set(&mut p.status_path, &top.status_path, "status_path", |v| {
+            let s = text(v)?;
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            values::parse_url_path(&s).map(Some)
+        })?;
+        self.set(
+            &mut p.slow_request_threshold,
+            &top.slow_request_threshold,
+            "slow_request_threshold",
+            |v| duration(v).map(non_zero),
+        )?;
+        self.set(
+            &mut p.max_header_size,
+            &top.max_header_size,
+            "max_header_size",
+            |v| {
+                let n = byte_size(v)?;
+                values::check_min(n, 1024)
+            },
+        )?;
+        self.set(&mut p.max_headers, &top.max_headers, "max_headers", |v| {
+            count(v, 1)
+        })?;
+        self.set(
+            &mut p.max_body_size,
+            &top.max_body_size,
+            "max_body_size",
+            |v| byte_size(v).map(|n| (n > 0).then_some(n)),
+        )?;
+        self.set(
+            &mut p.header_read_timeout,
+            &top.header_read_timeout,
+            "header_read_timeout",
+            |v| duration(v).map(non_zero),
+        )?;
+        self.set(
+            &mut p.keep_alive_timeout,
+            &top.keep_alive_timeout,
+            "keep_alive_timeout",
+            |v| duration(v).map(non_zero),
+        )?;
+        self.set(
+            &mut p.max_connections,
+            &top.max_connections,
+            "max_connections",
+            |v| count(v, 0).map(|n| (n > 0).then_some(n)),
+        )?;
 
         let worker = top.worker.unwrap_or_default();
         self.set(
@@ -322,6 +388,12 @@ impl Ctx<'_> {
             text(v).map(|s| non_empty(&s).map(|s| absolutize(base, Path::new(&s))))
         })?;
         self.set(&mut p.log_access, &log.access, "log.access", boolean)?;
+        self.set(
+            &mut p.log_access_format,
+            &log.access_format,
+            "log.access_format",
+            |v| text(v).and_then(|s| values::parse_access_format(&s)),
+        )?;
 
         let debug = top.debug.unwrap_or_default();
         self.set(&mut p.debug_secret, &debug.secret, "debug.secret", |v| {
@@ -466,6 +538,14 @@ fn duration(v: &Value) -> Result<Duration, String> {
             "expected a duration such as \"90s\" or a number of seconds, found {}",
             found(v)
         )),
+    }
+}
+
+/// A size in bytes: an integer, or a string with a unit (`"64KiB"`, `"1GiB"`).
+fn byte_size(v: &Value) -> Result<u64, String> {
+    match v {
+        Value::Integer(n) => u64::try_from(*n).map_err(|_| format!("{n} is negative")),
+        _ => text(v).and_then(|s| values::parse_byte_size(&s)),
     }
 }
 

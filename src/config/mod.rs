@@ -115,6 +115,13 @@ pub struct Config {
     pub script_name: String,
     /// Restart workers when a file under `app_dir` whose path matches changes; `None` = never.
     pub restart_file_regex: Option<String>,
+    /// URL path of the status page (JSON, HTML, and Prometheus text at `<path>/metrics`);
+    /// `None` = off.
+    pub status_path: Option<String>,
+    /// Log the worker's Python stacks when a request's active time passes this; `None` = off.
+    pub slow_request_threshold: Option<Duration>,
+    /// Limits on what clients may send and hold.
+    pub limits: Limits,
     /// Worker process settings.
     pub worker: WorkerConfig,
     /// Logging settings.
@@ -143,6 +150,28 @@ pub struct LogConfig {
     pub file: Option<PathBuf>,
     /// Write one access-log line per request.
     pub access: bool,
+    /// Access-log format: `text` (fields), `json` (JSON lines), or a gunicorn-style atom
+    /// string such as `%(h)s "%(r)s" %(s)s %(b)s`.
+    pub access_format: String,
+}
+
+/// Limits against oversized requests and clients that hold connections (top-level keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    pub max_header_size: u64,
+    /// Most header fields in a request; more gets 431.
+    pub max_headers: usize,
+    /// Largest request body in bytes; larger gets 413. `None` = no limit.
+    pub max_body_size: Option<u64>,
+    /// Time a client has to send a complete request head once it started one; `None` = no
+    /// limit.
+    pub header_read_timeout: Option<Duration>,
+    /// How long an idle keep-alive connection stays open; `None` = keep-alive off.
+    pub keep_alive_timeout: Option<Duration>,
+    /// Most client connections served at once (more wait in the listen backlog); `None` =
+    /// no cap.
+    pub max_connections: Option<usize>,
 }
 
 /// `[debug]`: remote debugging through the `/ptvsd` WebSocket proxy.
@@ -294,17 +323,39 @@ struct Partial {
     max_worker_lifetime: Slot<Option<Duration>>,
     script_name: Slot<String>,
     restart_file_regex: Slot<Option<String>>,
+    status_path: Slot<Option<String>>,
+    slow_request_threshold: Slot<Option<Duration>>,
+    max_header_size: Slot<u64>,
+    max_headers: Slot<usize>,
+    max_body_size: Slot<Option<u64>>,
+    header_read_timeout: Slot<Option<Duration>>,
+    keep_alive_timeout: Slot<Option<Duration>>,
+    max_connections: Slot<Option<usize>>,
     worker_command: Slot<Option<Vec<String>>>,
     /// Merged per variable name across layers.
     worker_env: BTreeMap<String, (String, Source)>,
     log_level: Slot<String>,
     log_file: Slot<Option<PathBuf>>,
     log_access: Slot<bool>,
+    log_access_format: Slot<String>,
     debug_secret: Slot<Option<String>>,
     debug_path: Slot<String>,
     debug_wait_for_attach: Slot<Option<Duration>>,
     debug_max_pause: Slot<Option<Duration>>,
 }
+
+/// Default `max_header_size`: 64 KiB for the request line and all headers.
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 64 * 1024;
+/// Default `max_headers` (hyper's and gunicorn's `limit_request_fields`).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default `max_body_size`: 1 GiB (bodies are streamed to the worker, never buffered).
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 1 << 30;
+/// Default `header_read_timeout` (hyper's default, half of nginx's `client_header_timeout`).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `keep_alive_timeout` (nginx's `keepalive_timeout`).
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Default `max_connections` (gunicorn's `worker_connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 
 /// wfastcgi's default `WSGI_RESTART_FILE_REGEX`.
 pub const DEFAULT_RESTART_FILE_REGEX: &str = r".*((\.py)|(\.config))$";
@@ -450,10 +501,19 @@ pub fn load_with_cwd(
         restart_file_regex,
         Some(DEFAULT_RESTART_FILE_REGEX.to_string())
     );
+    let status_path = pick!(status_path, None);
+    let slow = pick!(slow_request_threshold, None);
+    let max_header_size = pick!(max_header_size, DEFAULT_MAX_HEADER_SIZE);
+    let max_headers = pick!(max_headers, DEFAULT_MAX_HEADERS);
+    let max_body_size = pick!(max_body_size, Some(DEFAULT_MAX_BODY_SIZE));
+    let header_read_timeout = pick!(header_read_timeout, Some(DEFAULT_HEADER_READ_TIMEOUT));
+    let keep_alive_timeout = pick!(keep_alive_timeout, Some(DEFAULT_KEEP_ALIVE_TIMEOUT));
+    let max_connections = pick!(max_connections, Some(DEFAULT_MAX_CONNECTIONS));
     let command = pick!(worker_command, None);
     let log_level = pick!(log_level, "info".to_string());
     let log_file = pick!(log_file, None);
     let log_access = pick!(log_access, true);
+    let access_format = pick!(log_access_format, "text".to_string());
     let secret = pick!(debug_secret, None);
     let debug_path = pick!(debug_path, "/ptvsd".to_string());
     let wait = pick!(debug_wait_for_attach, None);
@@ -501,6 +561,16 @@ pub fn load_with_cwd(
         max_worker_lifetime: max_worker_lifetime.0,
         script_name: script_name.0.clone(),
         restart_file_regex: restart.0.clone(),
+        status_path: status_path.0.clone(),
+        slow_request_threshold: slow.0,
+        limits: Limits {
+            max_header_size: max_header_size.0,
+            max_headers: max_headers.0,
+            max_body_size: max_body_size.0,
+            header_read_timeout: header_read_timeout.0,
+            keep_alive_timeout: keep_alive_timeout.0,
+            max_connections: max_connections.0,
+        },
         worker: WorkerConfig {
             command: command.0.clone(),
             env: worker_env
@@ -512,6 +582,7 @@ pub fn load_with_cwd(
             level: log_level.0.clone(),
             file: log_file.0.clone(),
             access: log_access.0,
+            access_format: access_format.0.clone(),
         },
         debug: DebugConfig {
             secret: secret.0.clone(),
@@ -607,6 +678,42 @@ pub fn load_with_cwd(
         &restart.1,
     );
     add(
+        "status_path",
+        status_path.0.unwrap_or_else(|| "\"\" (off)".into()),
+        &status_path.1,
+    );
+    add("slow_request_threshold", off(slow.0, "0 (off)"), &slow.1);
+    add(
+        "max_header_size",
+        values::format_size(max_header_size.0),
+        &max_header_size.1,
+    );
+    add("max_headers", max_headers.0.to_string(), &max_headers.1);
+    add(
+        "max_body_size",
+        max_body_size
+            .0
+            .map_or_else(|| "0 (no limit)".into(), values::format_size),
+        &max_body_size.1,
+    );
+    add(
+        "header_read_timeout",
+        off(header_read_timeout.0, "0 (no limit)"),
+        &header_read_timeout.1,
+    );
+    add(
+        "keep_alive_timeout",
+        off(keep_alive_timeout.0, "0 (keep-alive off)"),
+        &keep_alive_timeout.1,
+    );
+    add(
+        "max_connections",
+        max_connections
+            .0
+            .map_or_else(|| "0 (no cap)".into(), |n| n.to_string()),
+        &max_connections.1,
+    );
+    add(
         "worker.command",
         command
             .0
@@ -634,6 +741,7 @@ pub fn load_with_cwd(
         &log_file.1,
     );
     add("log.access", log_access.0.to_string(), &log_access.1);
+    add("log.access_format", access_format.0, &access_format.1);
     add(
         "debug.secret",
         if secret.0.is_some() {

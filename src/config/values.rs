@@ -47,6 +47,46 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+/// Parses a size in bytes for the request limits: `"64KiB"`, `"1GiB"`, `"100MB"`; a bare
+/// number is bytes (as nginx's `client_max_body_size`).
+pub(super) fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse()
+            .map_err(|_| format!("size {} is too large", quote(s)));
+    }
+    parse_size(t)
+}
+
+/// Formats a byte count the way [`parse_byte_size`] reads it: `"64KiB"`, `"1GiB"`, `"1000"`.
+pub(super) fn format_size(bytes: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= size && bytes % size == 0 {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Checks an access-log format: `text`, `json`, or a string with at least one
+/// gunicorn-style `%(atom)s` (anything else is taken for a typo).
+pub(super) fn parse_access_format(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    match t.to_ascii_lowercase().as_str() {
+        "text" | "json" => return Ok(t.to_ascii_lowercase()),
+        _ => {}
+    }
+    if t.contains("%(") && t.contains(")s") {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid access-log format {} (use \"text\", \"json\", or atoms such as \"%(h)s %(r)s %(s)s\")",
+            quote(s)
+        ))
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("invalid duration {} {DURATION_HINT}", quote(s));
     let t = s.trim();

@@ -262,7 +262,7 @@ mod tests {
         assert!(html.contains("tcp://127.0.0.1:5678"));
         assert!(html.contains("C:\\\\inetpub\\\\app"));
         assert!(html.contains("request_timeout is 90s"));
-        assert!(html.contains("1m (debug.wait_for_attach)"));
+        assert!(html.contains("wait up to 1m for a debugger"));
     }
 
     #[test]

@@ -164,7 +164,7 @@ async fn drive(
     let pid = lease.pid();
     let request_id = meta.request_id;
     let mut pause = lease.pause_signal();
-    let max_pause = lease.shared.settings.max_pause;
+    let max_pause = lease.shared.settings().max_pause;
     let mut clock = RequestClock::start(Instant::now(), limit);
     if *pause.borrow_and_update() {
         clock.pause(Instant::now());

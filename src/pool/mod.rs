@@ -4,6 +4,7 @@
 //! and kill act on exactly one request.
 
 pub mod conn;
+pub mod control;
 pub mod exchange;
 pub mod process;
 pub mod runtime;
@@ -11,16 +12,19 @@ pub mod supervisor;
 pub mod watcher;
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{oneshot, watch, Notify};
 
+use crate::deadline::RequestClock;
 use conn::WorkerConn;
+use control::Control;
 use process::WorkerSpec;
 use runtime::RuntimeDir;
 
-/// Pool-wide settings, fixed for the life of the pool.
+/// Pool-wide settings; replaced as a whole on reload (SIGHUP).
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub workers: usize,
@@ -29,6 +33,9 @@ pub struct PoolSettings {
     pub request_timeout: Option<Duration>,
     /// `debug.max_pause`: longest time one debugger pause stops a request's clock.
     pub max_pause: Option<Duration>,
+    /// `slow_request_threshold`: active (unpaused) time after which a request's worker is
+    /// asked for its Python stacks, which are logged (PHP-FPM's slowlog).
+    pub slow_request_threshold: Option<Duration>,
     pub startup_timeout: Duration,
     pub rapid_fails_per_minute: u32,
     pub recycle: RecyclePolicy,
@@ -127,6 +134,8 @@ pub struct WorkerState {
     generation: u64,
     conn: Option<WorkerConn>,
     signals: Arc<SlotSignals>,
+    /// A supervisor task runs this slot (false once the slot was removed by a resize).
+    supervised: bool,
     /// Set once the worker is due for recycling: it takes no new request while its
     /// replacement starts.
     retiring: bool,
@@ -185,6 +194,12 @@ struct SlotSignals {
     paused: watch::Sender<bool>,
     /// Asks the supervisor to replace its worker (recycling).
     recycle: Notify,
+    /// The clock of the request in progress (kept up to date by the exchange), for the
+    /// status page's running and paused times, with the generation of its worker process.
+    clock: Mutex<Option<(u64, RequestClock)>>,
+    /// Control channels of this slot's live worker processes by generation (a replaced
+    /// worker may still finish a request while its successor serves).
+    controls: Mutex<Vec<(u64, Weak<Control>)>>,
 }
 
 impl SlotSignals {
@@ -192,12 +207,66 @@ impl SlotSignals {
         Arc::new(Self {
             paused: watch::channel(false).0,
             recycle: Notify::new(),
+            clock: Mutex::new(None),
+            controls: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records the control channel of the worker process of `generation` (the supervisor
+    /// keeps the only strong reference; the entry dies with the process).
+    fn register_control(&self, generation: u64, control: &Arc<Control>) {
+        let mut controls = self.controls.lock().unwrap_or_else(|p| p.into_inner());
+        controls.retain(|(_, c)| c.strong_count() > 0);
+        controls.push((generation, Arc::downgrade(control)));
+    }
+
+    /// The control channel of the worker process of `generation`, while it lives.
+    fn control(&self, generation: u64) -> Option<Arc<Control>> {
+        self.controls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(g, _)| *g == generation)
+            .and_then(|(_, c)| c.upgrade())
+    }
+
+    fn clock(&self) -> MutexGuard<'_, Option<(u64, RequestClock)>> {
+        self.clock.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
+/// Pool-wide counters for the status page and the metrics endpoint.
+#[derive(Debug)]
+struct Counters {
+    /// When the pool started (wall clock, for display) ...
+    started_at: SystemTime,
+    /// ... and the same moment on the monotonic clock (for the uptime).
+    started: Instant,
+    /// Requests that asked the pool for a worker (served or refused).
+    accepted: AtomicU64,
+    /// The longest the wait queue has been.
+    max_queue_seen: AtomicUsize,
+}
+
+/// Pool-wide figures for the status page and the metrics endpoint.
+#[derive(Debug, Clone)]
+pub struct PoolStats {
+    /// When the pool started (wall clock).
+    pub started_at: SystemTime,
+    /// How long ago it started.
+    pub uptime: Duration,
+    /// Requests that asked for a worker since the start (served or refused).
+    pub accepted: u64,
+    /// Requests waiting for a worker now.
+    pub queue_len: usize,
+    /// The longest the queue has been since the start.
+    pub max_queue_seen: usize,
+    /// The queue's capacity (`max_queue`).
+    pub max_queue: usize,
+}
+
 pub(crate) struct Shared {
-    settings: PoolSettings,
+    settings: std::sync::RwLock<Arc<PoolSettings>>,
     runtime: RuntimeDir,
     state: Mutex<State>,
     /// Wakes supervisors (shutdown, or a reset after the app changed).
@@ -208,6 +277,10 @@ pub(crate) struct Shared {
     restart_epoch: watch::Sender<u64>,
     /// One slot at a time starts its replacement, so capacity never drops by more than one.
     roll_turn: Arc<tokio::sync::Semaphore>,
+    /// The number of worker slots wanted; slots at or above it wind down.
+    target: watch::Sender<usize>,
+    /// Counters for the status page and metrics.
+    counters: Counters,
 }
 
 /// The worker pool. Cheap to clone.
@@ -219,6 +292,7 @@ pub struct Pool {
 impl Pool {
     /// Creates the pool and starts one supervisor per worker.
     pub fn start(settings: PoolSettings, runtime: RuntimeDir) -> Self {
+        let target = watch::channel(settings.workers).0;
         let workers = (0..settings.workers)
             .map(|id| WorkerState {
                 id,
@@ -233,13 +307,14 @@ impl Pool {
                 conn: None,
                 socket_path: None,
                 signals: SlotSignals::new(),
+                supervised: true,
                 retiring: false,
                 served: 0,
                 recycle_after: u64::MAX,
             })
             .collect();
         let shared = Arc::new(Shared {
-            settings,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
             runtime,
             state: Mutex::new(State {
                 workers,
@@ -256,20 +331,31 @@ impl Pool {
             idle_changed: Notify::new(),
             restart_epoch: watch::channel(0).0,
             roll_turn: Arc::new(tokio::sync::Semaphore::new(1)),
+            target,
+            counters: Counters {
+                started_at: SystemTime::now(),
+                started: Instant::now(),
+                accepted: AtomicU64::new(0),
+                max_queue_seen: AtomicUsize::new(0),
+            },
         });
-        for id in 0..shared.settings.workers {
+        for id in 0..shared.settings().workers {
             tokio::spawn(supervisor::supervise(shared.clone(), id));
         }
         Self { shared }
     }
 
-    /// The pool's settings.
-    pub fn settings(&self) -> &PoolSettings {
-        &self.shared.settings
+    /// The pool's current settings.
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.shared.settings()
     }
 
     /// Waits for an idle worker (bounded queue, `queue_timeout`) and leases it.
     pub async fn acquire(&self, current: CurrentRequest) -> Result<Lease, Refusal> {
+        self.shared
+            .counters
+            .accepted
+            .fetch_add(1, Ordering::Relaxed);
         let waiting = {
             let mut state = self.shared.lock();
             if state.closing {
@@ -283,17 +369,21 @@ impl Pool {
                     return Err(Refusal::AppBroken(failure));
                 }
             }
-            if state.waiters.len() >= self.shared.settings.max_queue {
+            if state.waiters.len() >= self.shared.settings().max_queue {
                 return Err(Refusal::QueueFull);
             }
             let (tx, rx) = oneshot::channel();
             let id = state.next_waiter;
             state.next_waiter += 1;
             state.waiters.push_back(Waiter { id, grant: tx });
+            self.shared
+                .counters
+                .max_queue_seen
+                .fetch_max(state.waiters.len(), Ordering::Relaxed);
             (id, rx)
         };
         let (waiter_id, mut rx) = waiting;
-        let outcome = tokio::time::timeout(self.shared.settings.queue_timeout, &mut rx).await;
+        let outcome = tokio::time::timeout(self.shared.settings().queue_timeout, &mut rx).await;
         let granted = match outcome {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Refusal::ShuttingDown),
@@ -323,6 +413,73 @@ impl Pool {
             pid: grant.pid,
             conn: Some(grant.conn),
             reusable: false,
+        }
+    }
+
+    /// Applies reloaded settings: new requests and workers use them, every worker is
+    /// replaced one by one (interpreter, app and environment may have changed), and the
+    /// pool grows or shrinks to the new `workers`.
+    pub fn reconfigure(&self, settings: PoolSettings) {
+        let workers = settings.workers;
+        *self
+            .shared
+            .settings
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(settings);
+        self.resize(workers);
+        self.restart_all("configuration reloaded");
+    }
+
+    /// Changes the number of workers (SIGTTIN/SIGTTOU, reload). New slots start at once;
+    /// removed ones finish their current request first.
+    pub fn resize(&self, workers: usize) {
+        let workers = workers.max(1);
+        {
+            let mut guard = self
+                .shared
+                .settings
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut settings = PoolSettings::clone(&guard);
+            settings.workers = workers;
+            *guard = Arc::new(settings);
+        }
+        let before = self.shared.target.send_replace(workers);
+        if before != workers {
+            tracing::info!(
+                from = before,
+                to = workers,
+                "changing the number of workers"
+            );
+        }
+        let mut state = self.shared.lock();
+        for id in 0..workers {
+            if id == state.workers.len() {
+                state.workers.push(WorkerState {
+                    id,
+                    pid: None,
+                    phase: Phase::Starting,
+                    debug_port: None,
+                    debuggers: 0,
+                    requests: 0,
+                    respawns: 0,
+                    current: None,
+                    generation: 0,
+                    conn: None,
+                    socket_path: None,
+                    signals: SlotSignals::new(),
+                    supervised: false,
+                    retiring: false,
+                    served: 0,
+                    recycle_after: u64::MAX,
+                });
+            }
+            let worker = &mut state.workers[id];
+            if !worker.supervised {
+                worker.supervised = true;
+                worker.phase = Phase::Starting;
+                tokio::spawn(supervisor::supervise(self.shared.clone(), id));
+            }
         }
     }
 
@@ -366,6 +523,51 @@ impl Pool {
     /// Number of requests waiting for a worker.
     pub fn queue_len(&self) -> usize {
         self.shared.lock().waiters.len()
+    }
+
+    /// Pool-wide figures (start time, accepted requests, queue) for the status page.
+    pub fn stats(&self) -> PoolStats {
+        let counters = &self.shared.counters;
+        PoolStats {
+            started_at: counters.started_at,
+            uptime: counters.started.elapsed(),
+            accepted: counters.accepted.load(Ordering::Relaxed),
+            queue_len: self.queue_len(),
+            max_queue_seen: counters.max_queue_seen.load(Ordering::Relaxed),
+            max_queue: self.settings().max_queue,
+        }
+    }
+
+    /// The clock of the request worker `worker` is serving (running and paused time).
+    pub fn request_clock(&self, worker: usize) -> Option<RequestClock> {
+        let (signals, generation) = self
+            .shared
+            .lock()
+            .workers
+            .get(worker)
+            .map(|w| (w.signals.clone(), w.generation))?;
+        let clock = signals.clock();
+        clock
+            .as_ref()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, c)| c.clone())
+    }
+
+    /// Asks worker `worker` for its Python stacks (logged as "Python stacks of the
+    /// worker"). Returns false when it has no control channel (starting, stopped, or a
+    /// custom `worker.command`) or the command could not be sent.
+    pub async fn dump_stacks(&self, worker: usize) -> bool {
+        let control = {
+            let state = self.shared.lock();
+            state
+                .workers
+                .get(worker)
+                .and_then(|w| w.signals.control(w.generation))
+        };
+        match control {
+            Some(control) => control.request_stacks().await,
+            None => false,
+        }
     }
 
     /// Marks a worker paused or running (from the debug proxy's DAP monitor).
@@ -499,6 +701,14 @@ fn take_idle(state: &mut State) -> Option<Grant> {
 }
 
 impl Shared {
+    /// The current settings (a cheap snapshot; a reload swaps them whole).
+    fn settings(&self) -> Arc<PoolSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// True when a worker has served its `max_requests` (plus jitter) or passed
     /// `max_worker_rss`; checked after each request.
     fn due_for_recycling(&self, worker: &WorkerState) -> bool {
@@ -511,7 +721,7 @@ impl Shared {
             );
             return true;
         }
-        let (Some(limit), Some(pid)) = (self.settings.recycle.max_rss, worker.pid) else {
+        let (Some(limit), Some(pid)) = (self.settings().recycle.max_rss, worker.pid) else {
             return false;
         };
         match resident_bytes(pid) {
@@ -527,6 +737,21 @@ impl Shared {
             }
             _ => false,
         }
+    }
+
+    /// True (and the slot marked unsupervised) when slot `id` is beyond the wanted worker
+    /// count; decided under the lock so a concurrent resize cannot strand a slot.
+    fn slot_removed(&self, id: usize) -> bool {
+        let mut state = self.lock();
+        if id < *self.target.borrow() {
+            return false;
+        }
+        let worker = &mut state.workers[id];
+        worker.supervised = false;
+        worker.phase = Phase::Stopped;
+        worker.conn = None;
+        worker.pid = None;
+        true
     }
 
     /// The signals of worker slot `id`.
@@ -611,10 +836,28 @@ impl Lease {
     pub fn pause_signal(&self) -> watch::Receiver<bool> {
         self.signals.paused.subscribe()
     }
+
+    /// Publishes the request's clock (after it starts, pauses or resumes) for the status
+    /// page.
+    pub fn publish_clock(&self, clock: &RequestClock) {
+        *self.signals.clock() = Some((self.generation, clock.clone()));
+    }
+
+    /// The control channel of this lease's worker process (None for a custom
+    /// `worker.command`, or once the process is gone).
+    pub fn control(&self) -> Option<Arc<Control>> {
+        self.signals.control(self.generation)
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        {
+            let mut clock = self.signals.clock();
+            if clock.as_ref().is_some_and(|(g, _)| *g == self.generation) {
+                *clock = None;
+            }
+        }
         let conn = self.conn.take();
         let mut state = self.shared.lock();
         let worker = &mut state.workers[self.worker];

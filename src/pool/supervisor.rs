@@ -18,6 +18,7 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use super::conn::WorkerConn;
+use super::control::Control;
 use super::process::{self, ControlEvent, Spawned};
 use super::{AppFailure, Phase, Refusal, Shared};
 
@@ -34,7 +35,8 @@ struct Running {
     pid: u32,
     socket_path: PathBuf,
     events: mpsc::Receiver<ControlEvent>,
-    _control: Option<tokio::net::unix::OwnedWriteHalf>,
+    /// The control channel (stack dumps); the only strong reference, so it dies with this.
+    control: Option<Arc<Control>>,
     started: Instant,
     generation: u64,
     /// A recycling replacement failed to load: keep this worker, stop trying.
@@ -62,9 +64,14 @@ enum Start {
 pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
     let mut failures_in_row: u32 = 0;
     let mut restarts = shared.restart_epoch.subscribe();
+    let mut target = shared.target.subscribe();
     loop {
         if shared.lock().closing {
             mark_stopped(&shared, id);
+            return;
+        }
+        if shared.slot_removed(id) {
+            tracing::info!(worker = id, "worker slot removed");
             return;
         }
         if failures_in_row > 0 {
@@ -109,7 +116,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
         let signals = shared.signals(id);
         let status = loop {
             let expires = shared
-                .settings
+                .settings()
                 .recycle
                 .max_lifetime
                 .filter(|_| !running.recycle_failed)
@@ -117,7 +124,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
             tokio::select! {
                 status = running.child.wait() => break status,
                 event = running.events.recv() => match event {
-                    Some(event) => log_event(id, running.pid, event),
+                    Some(event) => log_event(id, running.pid, event, running.control.as_deref()),
                     // The control channel closed: the worker is exiting.
                     None => break running.child.wait().await,
                 },
@@ -127,6 +134,14 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
                     }
                     restarts.borrow_and_update();
                     running = replace(&shared, id, running, Why::Restart).await;
+                }
+                changed = target.changed() => {
+                    if changed.is_err() || id < *target.borrow_and_update() {
+                        continue;
+                    }
+                    if wind_down(&shared, id, &mut running).await {
+                        return;
+                    }
                 }
                 () = signals.recycle.notified() => {
                     running = replace(&shared, id, running, Why::Recycle).await;
@@ -180,10 +195,15 @@ async fn start_worker(shared: &Shared, id: usize) -> Start {
         state.next_generation
     };
     let socket_path = shared.runtime.socket_path(id, generation);
-    let spawned = match process::spawn(&shared.settings.spec, id, socket_path.clone()) {
+    let spawned = match process::spawn(&shared.settings().spec, id, socket_path.clone()) {
         Ok(spawned) => spawned,
         Err(err) => {
-            let program = shared.settings.spec.program.to_string_lossy();
+            let program = shared
+                .settings()
+                .spec
+                .program
+                .to_string_lossy()
+                .into_owned();
             tracing::error!(worker = id, program = %program, error = %err, "cannot start worker");
             return Start::Failed(Some(format!("cannot start worker {program}: {err}")));
         }
@@ -203,7 +223,7 @@ async fn start_worker(shared: &Shared, id: usize) -> Start {
             pid,
             socket_path,
             events,
-            _control: control,
+            control: control.map(|write| Arc::new(Control::new(write))),
             started,
             generation,
             recycle_failed: false,
@@ -240,12 +260,15 @@ fn install(shared: &Shared, id: usize, running: &Running) -> bool {
         let mut state = shared.lock();
         state.failure = None;
         let debug_port = state.pending_debug_ports.remove(&id);
-        let recycle_after = shared.settings.recycle.request_limit();
+        let recycle_after = shared.settings().recycle.request_limit();
         let worker = &mut state.workers[id];
         worker.retiring = false;
         worker.served = 0;
         worker.recycle_after = recycle_after;
         worker.generation = running.generation;
+        if let Some(control) = &running.control {
+            worker.signals.register_control(running.generation, control);
+        }
         worker.pid = Some(running.pid);
         worker.conn = Some(conn);
         worker.socket_path = Some(running.socket_path.clone());
@@ -304,18 +327,25 @@ async fn replace(shared: &Arc<Shared>, id: usize, mut old: Running, why: Why) ->
         }
         Start::Shutdown => return old,
     };
+    // The old worker takes no new request; once its current one is done (from the host's
+    // side: the lease is back, so no request sits unread in its socket) the new one takes
+    // over and the old one is told to leave.
+    shared.lock().workers[id].retiring = true;
+    wait_not_busy(shared, id).await;
     if !install(shared, id, &new) {
         let mut new = new;
         stop_child(&mut new.child, new.pid).await;
+        let mut state = shared.lock();
+        state.workers[id].retiring = false;
+        shared.serve_waiters(&mut state);
         return old;
     }
     tracing::info!(
         worker = id,
         old_pid = old.pid,
         new_pid = new.pid,
-        "worker replaced; the old one leaves after its current request"
+        "worker replaced"
     );
-    // SIGTERM: the shipped worker exits once its current request is done.
     process::signal(old.pid, libc::SIGTERM);
     let socket_path = old.socket_path.clone();
     tokio::spawn(async move {
@@ -335,6 +365,41 @@ async fn replace(shared: &Arc<Shared>, id: usize, mut old: Running, why: Why) ->
     new
 }
 
+/// Removes this slot's worker after the pool shrank: no new requests, the current one
+/// finishes, then the worker stops. Returns false when the pool grew back meanwhile.
+async fn wind_down(shared: &Shared, id: usize, running: &mut Running) -> bool {
+    shared.lock().workers[id].retiring = true;
+    wait_not_busy(shared, id).await;
+    if !shared.slot_removed(id) {
+        let mut state = shared.lock();
+        state.workers[id].retiring = false;
+        shared.serve_waiters(&mut state);
+        return false;
+    }
+    stop_child(&mut running.child, running.pid).await;
+    let _ = std::fs::remove_file(&running.socket_path);
+    shared.signals(id).paused.send_replace(false);
+    tracing::info!(
+        worker = id,
+        pid = running.pid,
+        "worker removed (fewer workers wanted)"
+    );
+    true
+}
+
+/// Waits until worker `id` has no request in flight (its lease is back).
+async fn wait_not_busy(shared: &Shared, id: usize) {
+    loop {
+        let idle = shared.idle_changed.notified();
+        tokio::pin!(idle);
+        idle.as_mut().enable();
+        if shared.lock().workers[id].phase != Phase::Busy {
+            return;
+        }
+        idle.await;
+    }
+}
+
 /// Sleeps until `at`, or forever when there is no deadline.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -343,9 +408,12 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-fn log_event(id: usize, pid: u32, event: ControlEvent) {
+fn log_event(id: usize, pid: u32, event: ControlEvent, control: Option<&Control>) {
     if let ControlEvent::Stacks { text } = event {
         tracing::warn!(worker = id, pid, "Python stacks of the worker:\n{text}");
+        if let Some(control) = control {
+            control.stacks_logged();
+        }
     }
 }
 
@@ -358,10 +426,10 @@ async fn wait_ready(
     child: &mut Child,
     events: &mut mpsc::Receiver<ControlEvent>,
 ) -> Result<Option<u16>, Start> {
-    if !shared.settings.spec.speaks_control {
+    if !shared.settings().spec.speaks_control {
         return Ok(None);
     }
-    let deadline = tokio::time::Instant::now() + shared.settings.startup_timeout;
+    let deadline = tokio::time::Instant::now() + shared.settings().startup_timeout;
     let mut debug_port = None;
     loop {
         let shutdown = shared.wake.notified();
@@ -396,7 +464,7 @@ async fn wait_ready(
                 }
             },
             _ = tokio::time::sleep_until(deadline) => {
-                let message = format!("the worker did not import the app within {:?} (startup_timeout)", shared.settings.startup_timeout);
+                let message = format!("the worker did not import the app within {:?} (startup_timeout)", shared.settings().startup_timeout);
                 tracing::error!(worker = id, pid, "{message}");
                 return Err(Start::Failed(Some(message)));
             }
@@ -411,7 +479,7 @@ async fn wait_ready(
 
 /// Records an app load failure; refuses queued requests; gives up at the rapid-fail limit.
 fn record_failure(shared: &Shared, traceback: String) {
-    let limit = shared.settings.rapid_fails_per_minute;
+    let limit = shared.settings().rapid_fails_per_minute;
     let mut state = shared.lock();
     let now = Instant::now();
     state.recent_failures.push_back(now);
