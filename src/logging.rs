@@ -22,10 +22,15 @@ pub fn init(level: &str, file: Option<&Path>) -> std::io::Result<()> {
         }
         None => BoxMakeWriter::new(std::io::stderr),
     };
+    // Access lines in the `json` and atom formats are printed bare (one per line).
+    let format = crate::front::access_log::AccessLineFormat(
+        tracing_subscriber::fmt::format().with_ansi(false),
+    );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(false)
+        .event_format(format)
         .try_init();
     Ok(())
 }

@@ -155,6 +155,9 @@ struct HostArgs {
     /// Address to listen on (default 127.0.0.1:8000, or %HTTP_PLATFORM_PORT%).
     #[arg(long, short = 'l')]
     listen: Option<String>,
+    /// Also accept FastCGI (from nginx, Apache, lighttpd) on IP:PORT or a Unix socket path.
+    #[arg(long, value_name = "ADDR")]
+    fastcgi_listen: Option<String>,
     /// Python interpreter for workers (a virtualenv's python works).
     #[arg(long)]
     python: Option<String>,
@@ -174,6 +177,7 @@ impl HostArgs {
             app_dir: self.app_dir,
             python: self.python,
             listen: self.listen,
+            fastcgi_listen: self.fastcgi_listen,
             workers: self.workers,
             request_timeout: self.request_timeout,
             log_level: self.log_level,

@@ -13,7 +13,10 @@ use std::path::Path;
 use crate::config::{CliOverrides, Config, Loaded};
 use crate::debug::auth::Secret;
 use crate::debug::proxy::DebugProxy;
+use crate::front::access_log::{AccessFormat, AccessLog};
 use crate::front::http::{self as front_http, Front, FrontOptions};
+use crate::front::limits::ConnLimits;
+use crate::front::status::{Metrics, StatusPage};
 use crate::pool::process::{self, ControlEvent, WorkerSpec};
 use crate::pool::runtime::RuntimeDir;
 use crate::pool::watcher;
@@ -57,8 +60,24 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
             script_name: config.script_name.clone(),
             access_log: config.log.access,
             debug: config.debug_enabled(),
+            max_body_size: config.limits.max_body_size,
         },
     );
+    let metrics = Arc::new(Metrics::new());
+    front = front.with_access_log(Arc::new(AccessLog::new(
+        config.log.access,
+        AccessFormat::parse(&config.log.access_format),
+        metrics.clone(),
+    )));
+    if let Some(path) = &config.status_path {
+        tracing::info!(
+            path,
+            "status page on (loopback clients, or the debug secret)"
+        );
+        let status = StatusPage::new(pool.clone(), path, metrics)
+            .with_secret(config.debug.secret.clone().map(Secret::new));
+        front = front.with_status(status);
+    }
     if let Some(secret) = &config.debug.secret {
         let proxy = DebugProxy::new(
             pool.clone(),
@@ -76,7 +95,13 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
     let front = Arc::new(front);
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = config.graceful_timeout;
-    let server = tokio::spawn(front_http::run(listener, front, stop_rx, grace));
+    let server = tokio::spawn(front_http::run(
+        listener,
+        front,
+        stop_rx,
+        grace,
+        conn_limits(&config),
+    ));
 
     let signal = signals.run_until_shutdown(&pool, &cli, &script).await;
     tracing::info!(
@@ -156,7 +181,7 @@ fn pool_settings(config: &Config, spec: WorkerSpec) -> PoolSettings {
         queue_timeout: config.queue_timeout,
         request_timeout: config.request_timeout,
         max_pause: config.debug.max_pause,
-        slow_request_threshold: None,
+        slow_request_threshold: config.slow_request_threshold,
         startup_timeout: config.startup_timeout,
         rapid_fails_per_minute: config.rapid_fails_per_minute,
         recycle: RecyclePolicy {
@@ -167,6 +192,18 @@ fn pool_settings(config: &Config, spec: WorkerSpec) -> PoolSettings {
         },
         debug: config.debug_enabled(),
         spec,
+    }
+}
+
+/// The front door's connection limits for a config.
+fn conn_limits(config: &Config) -> ConnLimits {
+    let limits = &config.limits;
+    ConnLimits {
+        max_header_size: usize::try_from(limits.max_header_size).unwrap_or(usize::MAX),
+        max_headers: limits.max_headers,
+        header_read_timeout: limits.header_read_timeout,
+        keep_alive_timeout: limits.keep_alive_timeout,
+        max_connections: limits.max_connections,
     }
 }
 

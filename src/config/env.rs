@@ -9,6 +9,7 @@ use std::path::Path;
 use super::values;
 use super::{
     absolutize, non_empty, non_zero, parse_duration, resolve_program, ConfigError, Partial, Source,
+    TrustedProxies,
 };
 
 /// Variables the host sets for its workers (worker protocol); setting them for the host
@@ -88,6 +89,14 @@ pub(super) fn read(
             .collect())
     })?;
     r.set(&mut p.listen, &["FCGIHOST_LISTEN"], values::parse_listen)?;
+    r.set(&mut p.fastcgi_listen, &["FCGIHOST_FASTCGI_LISTEN"], |s| {
+        values::parse_fastcgi_listen(s, cwd)
+    })?;
+    r.set(
+        &mut p.trusted_proxies,
+        &["FCGIHOST_TRUSTED_PROXIES"],
+        TrustedProxies::parse_text,
+    )?;
     r.set(&mut p.workers, &["FCGIHOST_WORKERS"], count(1))?;
     r.set(&mut p.max_queue, &["FCGIHOST_MAX_QUEUE"], count(0))?;
     r.set(&mut p.queue_timeout, &["FCGIHOST_QUEUE_TIMEOUT"], dur)?;
@@ -98,12 +107,12 @@ pub(super) fn read(
     )?;
     r.set(&mut p.graceful_timeout, &["FCGIHOST_GRACEFUL_TIMEOUT"], dur)?;
     r.set(&mut p.max_requests, &["FCGIHOST_MAX_REQUESTS"], |s| {
-        values::parse_count(s, 0).map(|n| n as u64)
+        values::parse_count(s, 0)
     })?;
     r.set(
         &mut p.max_requests_jitter,
         &["FCGIHOST_MAX_REQUESTS_JITTER"],
-        |s| values::parse_count(s, 0).map(|n| n as u64),
+        |s| values::parse_count(s, 0),
     )?;
     r.set(&mut p.max_worker_rss, &["FCGIHOST_MAX_WORKER_RSS"], |s| {
         values::parse_size(s).map(|b| (b > 0).then_some(b))

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use super::values::{self, quote};
-use super::{absolutize, non_empty, non_zero, resolve_program, ConfigError, Partial, Source};
+use super::{
+    absolutize, non_empty, non_zero, resolve_program, ConfigError, FastcgiListen, Partial, Source,
+    TrustedProxies,
+};
 
 /// A value as written, with its byte range in the file.
 type V = Option<Spanned<Value>>;
@@ -25,6 +28,8 @@ struct FileTop {
     python: V,
     pythonpath: V,
     listen: V,
+    fastcgi_listen: V,
+    trusted_proxies: V,
     workers: V,
     max_queue: V,
     queue_timeout: V,
@@ -89,6 +94,8 @@ const TABLES: &[(&str, &[&str])] = &[
             "python",
             "pythonpath",
             "listen",
+            "fastcgi_listen",
+            "trusted_proxies",
             "workers",
             "max_queue",
             "queue_timeout",
@@ -140,12 +147,17 @@ pub(super) fn read(given: &Path, abs: &Path) -> Result<Partial, ConfigError> {
         path: given.to_path_buf(),
         source,
     })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let base = abs.parent().unwrap_or(abs).to_path_buf();
+    parse(given, abs.parent().unwrap_or(abs), &text)
+}
+
+/// Parses and converts the text of the TOML file `given` (named in every error); relative
+/// paths in it resolve against `base`. No file system access.
+pub(super) fn parse(given: &Path, base: &Path, text: &str) -> Result<Partial, ConfigError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let ctx = Ctx {
         given: given.to_path_buf(),
         text,
-        base,
+        base: base.to_path_buf(),
         source: Source::File(given.to_path_buf()),
     };
     let top: FileTop = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
@@ -231,6 +243,27 @@ impl Ctx<'_> {
                 .map_err(|_| format!("invalid port {n}")),
             _ => text(v).and_then(|s| values::parse_listen(&s)),
         })?;
+        self.set(
+            &mut p.fastcgi_listen,
+            &top.fastcgi_listen,
+            "fastcgi_listen",
+            |v| match v {
+                Value::Integer(n) => u16::try_from(*n)
+                    .map(|port| Some(FastcgiListen::Tcp(values::loopback(port))))
+                    .map_err(|_| format!("invalid port {n}")),
+                _ => text(v).and_then(|s| values::parse_fastcgi_listen(&s, base)),
+            },
+        )?;
+        self.set(
+            &mut p.trusted_proxies,
+            &top.trusted_proxies,
+            "trusted_proxies",
+            |v| match v {
+                Value::String(s) => TrustedProxies::parse_text(s),
+                _ => strings(v)
+                    .and_then(|items| TrustedProxies::parse(items.iter().map(String::as_str))),
+            },
+        )?;
         self.set(&mut p.workers, &top.workers, "workers", |v| count(v, 1))?;
         self.set(&mut p.max_queue, &top.max_queue, "max_queue", |v| {
             count(v, 0)

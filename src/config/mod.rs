@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::gateway::forwarded::TrustedProxies;
 pub use values::parse_duration;
 
 /// Where an effective value came from, so `fcgihost check` can say why a setting has the
@@ -65,6 +66,8 @@ pub struct CliOverrides {
     pub python: Option<String>,
     /// `--listen`: address to serve HTTP on.
     pub listen: Option<String>,
+    /// `--fastcgi-listen`: address (or Unix socket path) of the FastCGI front door.
+    pub fastcgi_listen: Option<String>,
     /// `--workers`: number of worker processes.
     pub workers: Option<usize>,
     /// `--request-timeout`: duration text, `0` disables.
@@ -88,6 +91,16 @@ pub struct Config {
     pub pythonpath: Vec<String>,
     /// Address the HTTP front door binds.
     pub listen: SocketAddr,
+    /// Whether `listen` was set (flag, environment, file, or the IIS port variables) rather
+    /// than defaulted: with a FastCGI listening socket on stdin and no `listen`, the host
+    /// serves FastCGI only.
+    pub listen_configured: bool,
+    /// Where the FastCGI front door listens (`fastcgi_listen`); `None` = no FastCGI listener
+    /// of its own (stdin may still be one).
+    pub fastcgi_listen: Option<FastcgiListen>,
+    /// Peers whose proxy headers (`X-Forwarded-*`, `Forwarded`, `X-ARR-SSL`,
+    /// `X-Original-URL`) are believed (`trusted_proxies`; default loopback).
+    pub trusted_proxies: TrustedProxies,
     /// Number of worker processes (≥ 1).
     pub workers: usize,
     /// Requests that may wait for a worker before the front door answers 503.
@@ -128,6 +141,24 @@ pub struct Config {
     pub log: LogConfig,
     /// Remote-debugging settings.
     pub debug: DebugConfig,
+}
+
+/// Where the FastCGI front door listens: a TCP address or a Unix socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FastcgiListen {
+    /// `127.0.0.1:9001` (a bare port means 127.0.0.1).
+    Tcp(SocketAddr),
+    /// An absolute socket path (`unix:/run/fcgihost.sock`, or any value with a `/`).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for FastcgiListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FastcgiListen::Tcp(addr) => write!(f, "{addr}"),
+            FastcgiListen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// `[worker]`: what runs as a worker and what it gets in its environment.
@@ -310,6 +341,8 @@ struct Partial {
     python: Slot<String>,
     pythonpath: Slot<Vec<String>>,
     listen: Slot<SocketAddr>,
+    fastcgi_listen: Slot<Option<FastcgiListen>>,
+    trusted_proxies: Slot<TrustedProxies>,
     workers: Slot<usize>,
     max_queue: Slot<usize>,
     queue_timeout: Slot<Duration>,
@@ -475,6 +508,9 @@ pub fn load_with_cwd(
             None => (values::loopback(8000), Source::Default),
         },
     };
+    let listen_configured = listen.1 != Source::Default;
+    let fastcgi_listen = pick!(fastcgi_listen, None);
+    let trusted_proxies = pick!(trusted_proxies, TrustedProxies::default());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let mut worker_env = BTreeMap::new();
@@ -519,6 +555,18 @@ pub fn load_with_cwd(
     let wait = pick!(debug_wait_for_attach, None);
     let max_pause = pick!(debug_max_pause, None);
 
+    if let (Some(status), Some(_)) = (&status_path.0, &secret.0) {
+        let under_debug = status
+            .strip_prefix(debug_path.0.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if under_debug {
+            warnings.push(format!(
+                "status_path {status} (from {}) lies under debug.path {}: the debug proxy \
+                 answers it, the status page never does",
+                status_path.1, debug_path.0
+            ));
+        }
+    }
     if secret.0.is_none() {
         for (key, slot) in [
             ("debug.wait_for_attach", &wait),
@@ -548,6 +596,9 @@ pub fn load_with_cwd(
         python: python.0.clone(),
         pythonpath: pythonpath.0.clone(),
         listen: listen.0,
+        listen_configured,
+        fastcgi_listen: fastcgi_listen.0.clone(),
+        trusted_proxies: trusted_proxies.0.clone(),
         workers: workers.0,
         max_queue: max_queue.0,
         queue_timeout: queue_timeout.0,
@@ -620,6 +671,19 @@ pub fn load_with_cwd(
     add("python", python.0, &python.1);
     add("pythonpath", list_text(&pythonpath.0), &pythonpath.1);
     add("listen", listen.0.to_string(), &listen.1);
+    add(
+        "fastcgi_listen",
+        fastcgi_listen
+            .0
+            .as_ref()
+            .map_or_else(|| "\"\" (off)".into(), ToString::to_string),
+        &fastcgi_listen.1,
+    );
+    add(
+        "trusted_proxies",
+        trusted_proxies.0.to_string(),
+        &trusted_proxies.1,
+    );
     add("workers", workers.0.to_string(), &workers.1);
     add("max_queue", max_queue.0.to_string(), &max_queue.1);
     add("queue_timeout", dur(queue_timeout.0), &queue_timeout.1);
@@ -768,6 +832,32 @@ pub fn load_with_cwd(
     })
 }
 
+/// Checks the text of an `fcgihost.toml` exactly as [`load`] checks the file at `path` (which
+/// every error names; relative paths resolve against its directory), without reading it.
+/// Exists so the parser can be fuzzed and a file checked before it is written.
+pub fn parse_toml_text(path: &Path, text: &str) -> Result<(), ConfigError> {
+    file::parse(path, path.parent().unwrap_or(path), text).map(drop)
+}
+
+/// Checks the bytes of a web.config exactly as [`load`] checks the one at `path` (which every
+/// error and warning names; `%VAR%` expands from `env`), without reading it. Returns the
+/// warnings. Exists so the parser can be fuzzed and a file checked before it is written.
+pub fn parse_web_config_bytes(
+    path: &Path,
+    bytes: &[u8],
+    env: &HashMap<String, String>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
+    webconfig::parse(
+        path,
+        path.parent().unwrap_or(path),
+        bytes,
+        env,
+        &mut warnings,
+    )?;
+    Ok(warnings)
+}
+
 /// `["a", "b"]` without escaping (Windows paths stay readable).
 fn list_text(items: &[String]) -> String {
     let inner: Vec<String> = items.iter().map(|s| values::quote(s)).collect();
@@ -852,6 +942,10 @@ fn cli_layer(cli: &CliOverrides, cwd: &Path) -> Result<Partial, ConfigError> {
     if let Some(listen) = &cli.listen {
         let addr = values::parse_listen(listen).map_err(at("--listen"))?;
         p.listen = Some((addr, Source::Cli));
+    }
+    if let Some(fastcgi) = &cli.fastcgi_listen {
+        let addr = values::parse_fastcgi_listen(fastcgi, cwd).map_err(at("--fastcgi-listen"))?;
+        p.fastcgi_listen = Some((addr, Source::Cli));
     }
     if let Some(n) = cli.workers {
         values::check_min(n as u64, 1).map_err(at("--workers"))?;

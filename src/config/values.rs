@@ -7,7 +7,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
+
+use super::FastcgiListen;
 
 /// The hint appended to every duration error.
 const DURATION_HINT: &str = "(use e.g. \"90s\", \"2m\")";
@@ -188,6 +191,35 @@ pub(super) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         return port.parse::<u16>().map(loopback).map_err(|_| bad());
     }
     Err(bad())
+}
+
+/// Parses the FastCGI front door's address: empty = off; `unix:PATH` or anything holding a
+/// `/` (or `\\`) is a Unix socket path, made absolute against `base`; otherwise a TCP address
+/// as [`parse_listen`] takes it.
+pub(super) fn parse_fastcgi_listen(s: &str, base: &Path) -> Result<Option<FastcgiListen>, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let path = t
+        .strip_prefix("unix:")
+        .or_else(|| (t.contains('/') || t.contains('\\')).then_some(t));
+    match path {
+        Some(p) if p.trim().is_empty() => Err(format!(
+            "invalid FastCGI address {} (use IP:PORT, a port number, or a socket path)",
+            quote(s)
+        )),
+        Some(p) => Ok(Some(FastcgiListen::Unix(super::absolutize(base, Path::new(p.trim()))))),
+        None => parse_listen(t)
+            .map(|addr| Some(FastcgiListen::Tcp(addr)))
+            .map_err(|_| {
+                format!(
+                    "invalid FastCGI address {} (use IP:PORT, e.g. \"127.0.0.1:9001\", a port number, \
+                     or a Unix socket path such as \"unix:/run/fcgihost.sock\")",
+                    quote(s)
+                )
+            }),
+    }
 }
 
 /// `127.0.0.1:<port>`.

@@ -31,13 +31,25 @@ pub(super) fn read(
         path: path.clone(),
         source,
     })?;
-    let text = decode(&bytes).ok_or_else(|| ConfigError::InFile {
-        file: path.clone(),
+    let layer = parse(&path, app_dir, &bytes, env, warnings)?;
+    Ok((layer, Some(path)))
+}
+
+/// Decodes, parses and converts the bytes of the web.config at `path` (named in every error
+/// and warning); relative paths in it resolve against `app_dir`. No file system access.
+pub(super) fn parse(
+    path: &Path,
+    app_dir: &Path,
+    bytes: &[u8],
+    env: &HashMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Result<Partial, ConfigError> {
+    let text = decode(bytes).ok_or_else(|| ConfigError::InFile {
+        file: path.to_path_buf(),
         message: "not UTF-8 or UTF-16 text".to_string(),
     })?;
-    let entries = app_settings(&path, &text, warnings)?;
-    let layer = convert(&path, app_dir, entries, env, warnings)?;
-    Ok((layer, Some(path)))
+    let entries = app_settings(path, &text, warnings)?;
+    convert(path, app_dir, entries, env, warnings)
 }
 
 /// `web.config`, else a file whose name is `web.config` in another letter case (IIS's file

@@ -1,5 +1,8 @@
-//! The HTTP listener: accepts connections, serves HTTP/1.1 on each with hyper, and routes
-//! every request to a worker through the pool (the debug proxy hooks in ahead of the app).
+//! The HTTP listener: accepts connections (at most `max_connections` at once), serves
+//! HTTP/1.1 on each with hyper under the limits of [`super::limits`], and routes every
+//! request to a worker through the pool (the debug proxy and the status page hook in ahead
+//! of the app). A body announced larger than `max_body_size` is refused with 413 before a
+//! worker is involved; a chunked one is cut by the exchange when it passes the limit.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,12 +15,14 @@ use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::access_log::{AccessFormat, AccessLog};
+use super::limits::{Activity, ConnLimits, TrackedBody, WatchedIo};
+use super::status::{Metrics, StatusPage};
 use super::ResponseBody;
 use crate::debug::proxy::DebugProxy;
 use crate::gateway::cgi::{self, RequestContext};
@@ -35,6 +40,8 @@ pub struct FrontOptions {
     pub access_log: bool,
     /// Debug mode: tracebacks on error pages for everyone, not only loopback.
     pub debug: bool,
+    /// `max_body_size`: larger request bodies get 413; `None` = no limit.
+    pub max_body_size: Option<u64>,
 }
 
 /// Routes requests; shared by every connection.
@@ -44,17 +51,41 @@ pub struct Front {
     next_request: AtomicU64,
     /// The `/ptvsd` proxy, only in debug mode (otherwise that path belongs to the app).
     debug: Option<Arc<DebugProxy>>,
+    /// The status page (`status_path`), when configured.
+    status: Option<StatusPage>,
+    /// The access log and request metrics.
+    access: Arc<AccessLog>,
 }
 
 impl Front {
     /// Creates the router over `pool`.
     pub fn new(pool: Pool, options: FrontOptions) -> Self {
+        let access = Arc::new(AccessLog::new(
+            options.access_log,
+            AccessFormat::Text,
+            Arc::new(Metrics::new()),
+        ));
         Self {
             pool,
             options,
             next_request: AtomicU64::new(1),
             debug: None,
+            status: None,
+            access,
         }
+    }
+
+    /// Uses `access` for the access log and the request metrics (its `log.access` setting
+    /// replaces [`FrontOptions::access_log`]).
+    pub fn with_access_log(mut self, access: Arc<AccessLog>) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// Serves the status page and its metrics ahead of the app.
+    pub fn with_status(mut self, status: StatusPage) -> Self {
+        self.status = Some(status);
+        self
     }
 
     /// Routes the debug proxy's paths to `proxy` ahead of the app (debug mode only).
@@ -73,6 +104,10 @@ impl Front {
         if let Some(proxy) = self.debug.as_ref().filter(|p| p.owns(req.uri().path())) {
             return proxy.handle(req, remote).await;
         }
+        if let Some(status) = self.status.as_ref().filter(|s| s.owns(req.uri().path())) {
+            let (parts, _body) = req.into_parts();
+            return status.handle(&parts, remote);
+        }
         let received = Instant::now();
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = req.into_parts();
@@ -80,9 +115,16 @@ impl Front {
             request_id,
             method: parts.method.as_str().to_owned(),
             path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            version: parts.version,
+            headers: if self.access.needs_headers() {
+                parts.headers.clone()
+            } else {
+                http::HeaderMap::new()
+            },
             remote,
             received,
-            access_log: self.options.access_log,
+            log: self.access.clone(),
         };
 
         let ctx = RequestContext {
@@ -91,9 +133,18 @@ impl Front {
             https: false,
             server_name: None,
             script_name: self.options.script_name.clone(),
+            host: None,
         };
         let content_length = body.size_hint().exact();
         let has_body = !body.is_end_stream();
+        if let (Some(limit), Some(length)) = (self.options.max_body_size, content_length) {
+            if has_body && length > limit {
+                tracing::warn!(%remote, method = meta.method, path = meta.path, length, limit, "request body larger than max_body_size (413)");
+                let response = body_too_large(limit);
+                exchange::log_access(&meta, None, response.status().as_u16(), 0);
+                return response;
+            }
+        }
         let mut records = BytesMut::with_capacity(2048);
         fcgi::put_begin_request(&mut records, REQUEST_ID, Role::Responder, true);
         {
@@ -125,12 +176,14 @@ impl Front {
             Ok(lease) => lease,
             Err(refusal) => {
                 let response = self.refusal_page(&refusal, remote);
-                exchange::log_access(&meta, usize::MAX, response.status().as_u16(), 0);
+                exchange::log_access(&meta, None, response.status().as_u16(), 0);
                 return response;
             }
         };
         let limit = self.pool.settings().request_timeout;
-        match exchange::start(lease, records, has_body.then_some(body), meta, limit).await {
+        let body = has_body.then_some(body);
+        let body_limit = self.options.max_body_size;
+        match exchange::start(lease, records, body, meta, limit, body_limit).await {
             Ok(start) => {
                 let mut response = Response::new(start.body.boxed());
                 *response.status_mut() = start.head.status;
@@ -139,6 +192,7 @@ impl Front {
             }
             Err(Failure::BadGateway) => pages::bad_gateway(),
             Err(Failure::Timeout) => pages::gateway_timeout(),
+            Err(Failure::BodyTooLarge) => body_too_large(body_limit.unwrap_or(0)),
         }
     }
 
@@ -160,6 +214,24 @@ impl Front {
     }
 }
 
+/// 413 for a body over `max_body_size`; the connection closes (the rest of the body is
+/// not read).
+fn body_too_large(limit: u64) -> Response<ResponseBody> {
+    let mut response = pages::html(
+        http::StatusCode::PAYLOAD_TOO_LARGE,
+        "Payload Too Large",
+        &format!(
+            "The request body is larger than this server accepts ({limit} bytes, max_body_size)."
+        ),
+        None,
+    );
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// Binds the listen address and logs the bound address (`listening on http://…`).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::Error> {
     let listener = TcpListener::bind(addr)
@@ -173,18 +245,48 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::Error> {
     Ok(listener)
 }
 
+/// Least time between two "connection cap reached" warnings.
+const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Accepts connections until `shutdown` turns true, then lets open connections finish
-/// their current request (up to `grace`).
+/// their current request (up to `grace`). At most `limits.max_connections` are served at
+/// once: further ones are not accepted until one closes (they wait in the listen backlog).
 pub async fn run(
     listener: TcpListener,
     front: Arc<Front>,
     shutdown: watch::Receiver<bool>,
     grace: Duration,
+    limits: ConnLimits,
 ) {
     // Every connection task holds a clone of `open`; `closed` sees None when all are done.
     let (open, mut closed) = tokio::sync::mpsc::channel::<()>(1);
     let mut stop = shutdown.clone();
+    let limits = Arc::new(limits);
+    let slots = limits
+        .max_connections
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
+    let mut warned_at: Option<Instant> = None;
     loop {
+        let permit = match &slots {
+            Some(slots) => {
+                let quiet = warned_at.is_some_and(|t| t.elapsed() < CAP_WARNING_INTERVAL);
+                if slots.available_permits() == 0 && !quiet {
+                    warned_at = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection cap reached (max_connections); new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => Some(permit),
+                        Err(_) => break,
+                    },
+                    _ = async { let _ = stop.wait_for(|stop| *stop).await; } => break,
+                }
+            }
+            None => None,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {
@@ -198,16 +300,26 @@ pub async fn run(
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(remote);
                 let front = front.clone();
-                let service = service_fn(move |req| {
-                    let front = front.clone();
-                    async move { Ok::<_, Infallible>(front.handle(req, remote, local).await) }
-                });
+                let activity = Activity::new();
+                let service = {
+                    let activity = activity.clone();
+                    service_fn(move |req| {
+                        let guard = activity.request_started();
+                        let front = front.clone();
+                        async move {
+                            let response = front.handle(req, remote, local).await;
+                            Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, guard)))
+                        }
+                    })
+                };
                 let open = open.clone();
                 let mut conn_stop = shutdown.clone();
+                let limits = limits.clone();
                 tokio::spawn(async move {
-                    let conn = http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), service)
+                    let io = TokioIo::new(WatchedIo::new(stream, activity.clone()));
+                    let conn = limits
+                        .builder()
+                        .serve_connection(io, service)
                         .with_upgrades();
                     tokio::pin!(conn);
                     let stopping = async {
@@ -219,10 +331,15 @@ pub async fn run(
                             conn.as_mut().graceful_shutdown();
                             conn.await
                         }
+                        expired = activity.watchdog(&limits) => {
+                            tracing::debug!(%remote, ?expired, "closing connection (header_read_timeout / keep_alive_timeout)");
+                            Ok(())
+                        }
                     };
                     if let Err(err) = result {
                         tracing::debug!(%remote, error = %err, "connection ended with an error");
                     }
+                    drop(permit);
                     drop(open);
                 });
             }

@@ -1,7 +1,11 @@
 //! The front door: the HTTP/1.1 listener (keep-alive, chunked bodies, 100-continue,
-//! WebSocket upgrades) and the routing of each request to the debug proxy or a worker.
+//! WebSocket upgrades) with its limits against hostile clients, the routing of each request
+//! to the debug proxy, the status page or a worker, and the access log.
 
+pub mod access_log;
 pub mod http;
+pub mod limits;
+pub mod status;
 
 use bytes::Bytes;
 

@@ -27,8 +27,13 @@ pub struct RequestContext {
     /// `SERVER_NAME` override; without it the Host header's host part, else the local IP.
     pub server_name: Option<String>,
     /// Mount prefix split off the path into `SCRIPT_NAME` (e.g. `/app`); "" when mounted at
-    /// the root. A trailing `/` is ignored.
+    /// the root. A trailing `/` is ignored; the match is ASCII case-insensitive (wfastcgi's,
+    /// as IIS paths are).
     pub script_name: String,
+    /// The host a trusted proxy says the client asked for (`X-Forwarded-Host`, `Forwarded:
+    /// host=`): replaces the Host header in `HTTP_HOST`, `SERVER_NAME` and `SERVER_PORT` (443
+    /// or 80 by scheme when it names no port).
+    pub host: Option<String>,
 }
 
 impl RequestContext {
@@ -40,6 +45,7 @@ impl RequestContext {
             https: false,
             server_name: None,
             script_name: String::new(),
+            host: None,
         }
     }
 }
@@ -87,10 +93,14 @@ pub fn write_params(
         w.push(b"CONTENT_LENGTH", num.format(len));
     }
 
-    // Per RFC 9112 3.2.2 an absolute-form target's authority wins over the Host header.
-    let (host, host_port) = match parts.uri.authority() {
-        Some(a) => split_host_port(a.as_str().rsplit('@').next().unwrap_or_default().as_bytes()),
-        None => parts
+    // A trusted proxy's host wins; then, per RFC 9112 3.2.2, an absolute-form target's
+    // authority wins over the Host header.
+    let (host, host_port) = match (&ctx.host, parts.uri.authority()) {
+        (Some(forwarded), _) => split_host_port(forwarded.as_bytes()),
+        (None, Some(a)) => {
+            split_host_port(a.as_str().rsplit('@').next().unwrap_or_default().as_bytes())
+        }
+        (None, None) => parts
             .headers
             .get(HOST)
             .map_or((&b""[..], None), |h| split_host_port(h.as_bytes())),
@@ -103,12 +113,18 @@ pub fn write_params(
     }
     match host_port {
         Some(port) => w.push(b"SERVER_PORT", port),
+        None if ctx.host.is_some() => {
+            w.push(b"SERVER_PORT", if ctx.https { b"443" } else { b"80" })
+        }
         None => w.push(b"SERVER_PORT", num.format(ctx.local.port())),
     }
     w.push(b"SERVER_PROTOCOL", protocol(parts.version));
     w.push(b"SERVER_ADDR", num.format(local_ip));
     w.push(b"REMOTE_ADDR", num.format(canonical(ctx.remote.ip())));
-    w.push(b"REMOTE_PORT", num.format(ctx.remote.port()));
+    // Port 0: a proxy named the client without its port.
+    if ctx.remote.port() != 0 {
+        w.push(b"REMOTE_PORT", num.format(ctx.remote.port()));
+    }
     if ctx.https {
         w.push(b"HTTPS", b"on");
         w.push(b"REQUEST_SCHEME", b"https");
@@ -116,25 +132,19 @@ pub fn write_params(
         w.push(b"REQUEST_SCHEME", b"http");
     }
 
-    write_headers(w, &parts.headers);
+    write_headers(w, &parts.headers, ctx.host.as_deref());
 }
 
 /// Writes `SCRIPT_NAME` and `PATH_INFO`: the mount prefix is split off when the decoded path
 /// starts with it at a segment boundary; `PATH_INFO` is the rest, percent-decoded to raw bytes.
 fn write_path(w: &mut ParamsWriter<'_>, raw_path: &[u8], script_name: &[u8]) {
-    let mut prefix = script_name;
-    while let [rest @ .., b'/'] = prefix {
-        prefix = rest;
-    }
+    let prefix = mount_prefix(script_name);
     let encoded = raw_path.contains(&b'%');
-    let matched = !prefix.is_empty()
-        && if encoded {
-            let mut decoded = percent_decode(raw_path);
-            prefix.iter().all(|&p| decoded.next() == Some(p))
-                && matches!(decoded.next(), None | Some(b'/'))
-        } else {
-            raw_path.starts_with(prefix) && matches!(raw_path.get(prefix.len()), None | Some(b'/'))
-        };
+    let matched = if encoded {
+        mounted_under(percent_decode(raw_path), prefix)
+    } else {
+        mounted_under(raw_path.iter().copied(), prefix)
+    };
     let (script, skip) = if matched {
         (prefix, prefix.len())
     } else {
@@ -152,13 +162,55 @@ fn write_path(w: &mut ParamsWriter<'_>, raw_path: &[u8], script_name: &[u8]) {
     }
 }
 
+/// Splits the mount prefix `script_name` off an already decoded path, by the same rule as
+/// the HTTP front door: `(SCRIPT_NAME, PATH_INFO)`. The FastCGI front door applies it to
+/// the path a web server sent.
+pub fn split_script_name<'p>(
+    decoded_path: &'p [u8],
+    script_name: &'p [u8],
+) -> (&'p [u8], &'p [u8]) {
+    let prefix = mount_prefix(script_name);
+    if mounted_under(decoded_path.iter().copied(), prefix) {
+        (prefix, &decoded_path[prefix.len()..])
+    } else {
+        (b"", decoded_path)
+    }
+}
+
+/// The mount prefix without its trailing slashes ("" for the root).
+fn mount_prefix(script_name: &[u8]) -> &[u8] {
+    let mut prefix = script_name;
+    while let [rest @ .., b'/'] = prefix {
+        prefix = rest;
+    }
+    prefix
+}
+
+/// Whether a decoded path starts with a non-empty `prefix` (ASCII case-insensitive, as IIS
+/// and wfastcgi match it) at a segment boundary.
+fn mounted_under(mut decoded: impl Iterator<Item = u8>, prefix: &[u8]) -> bool {
+    !prefix.is_empty()
+        && prefix
+            .iter()
+            .all(|p| decoded.next().is_some_and(|d| d.eq_ignore_ascii_case(p)))
+        && matches!(decoded.next(), None | Some(b'/'))
+}
+
 /// Writes one `HTTP_<NAME>` per header name, values joined with ", " (cookies with "; ").
-fn write_headers(w: &mut ParamsWriter<'_>, headers: &http::HeaderMap) {
+/// `host` (a trusted proxy's) replaces the Host header.
+fn write_headers(w: &mut ParamsWriter<'_>, headers: &http::HeaderMap, host: Option<&str>) {
+    if let Some(host) = host {
+        w.push(b"HTTP_HOST", host.as_bytes());
+    }
     for name in headers.keys() {
         let key = name.as_str().as_bytes();
         // CONTENT_* are already set; HTTP_PROXY would poison proxy settings (httpoxy); a name
         // with '_' would collide with its '-' twin after the mapping below.
-        if name == CONTENT_TYPE || name == CONTENT_LENGTH || key == b"proxy" || key.contains(&b'_')
+        if name == CONTENT_TYPE
+            || name == CONTENT_LENGTH
+            || key == b"proxy"
+            || key.contains(&b'_')
+            || (name == HOST && host.is_some())
         {
             continue;
         }
@@ -185,8 +237,9 @@ fn write_headers(w: &mut ParamsWriter<'_>, headers: &http::HeaderMap) {
 }
 
 /// Splits a Host value into host (IPv6 literals keep their brackets) and a numeric port.
-/// A port that is not a decimal `u16` is treated as absent.
-fn split_host_port(value: &[u8]) -> (&[u8], Option<&[u8]>) {
+/// A port that is not a decimal `u16` is treated as absent. Public for the FastCGI front door,
+/// which derives `SERVER_NAME`/`SERVER_PORT` from a trusted proxy's host the same way.
+pub fn split_host_port(value: &[u8]) -> (&[u8], Option<&[u8]>) {
     let (host, port) = if value.first() == Some(&b'[') {
         match value.iter().position(|&b| b == b']') {
             Some(end) => (&value[..=end], value[end + 1..].strip_prefix(b":")),
@@ -422,6 +475,10 @@ mod tests {
             ("/app", "/app%20x", b"", b"/app x"),
             ("/", "/x", b"", b"/x"),
             ("", "/x%2fy", b"", b"/x/y"),
+            // wfastcgi (and IIS) match the mount case-insensitively; SCRIPT_NAME is the
+            // configured one.
+            ("/App", "/aPP/x", b"/App", b"/x"),
+            ("/app", "/%41PP", b"/app", b""),
         ];
         for (prefix, path, script, info) in cases {
             let mut c = ctx();
@@ -431,6 +488,54 @@ mod tests {
             assert_eq!(get(&m, "PATH_INFO"), *info, "{prefix} {path}");
             assert_eq!(get(&m, "REQUEST_URI"), path.as_bytes());
         }
+    }
+
+    #[test]
+    fn split_script_name_on_decoded_paths() {
+        assert_eq!(
+            split_script_name(b"/app/x", b"/app/"),
+            (&b"/app"[..], &b"/x"[..])
+        );
+        assert_eq!(
+            split_script_name(b"/APP", b"/app"),
+            (&b"/app"[..], &b""[..])
+        );
+        assert_eq!(
+            split_script_name(b"/apps", b"/app"),
+            (&b""[..], &b"/apps"[..])
+        );
+        assert_eq!(split_script_name(b"/x", b""), (&b""[..], &b"/x"[..]));
+        assert_eq!(split_script_name(b"", b"/app"), (&b""[..], &b""[..]));
+    }
+
+    #[test]
+    fn forwarded_host_and_unknown_client_port() {
+        let parts = request(
+            "GET",
+            "/",
+            &[("Host", b"127.0.0.1:8000"), ("Accept", b"*/*")],
+        );
+        let mut c = ctx();
+        c.remote = "198.51.100.4:0".parse().unwrap();
+        c.host = Some("www.example.com".into());
+        c.https = true;
+        let m = map(params(&parts, &c, None));
+        assert_eq!(get(&m, "HTTP_HOST"), b"www.example.com");
+        assert_eq!(get(&m, "SERVER_NAME"), b"www.example.com");
+        assert_eq!(get(&m, "SERVER_PORT"), b"443");
+        assert_eq!(get(&m, "REMOTE_ADDR"), b"198.51.100.4");
+        assert!(!m.contains_key("REMOTE_PORT"));
+        assert_eq!(get(&m, "HTTPS"), b"on");
+
+        c.host = Some("[2001:db8::1]:8443".into());
+        c.https = false;
+        let m = map(params(&parts, &c, None));
+        assert_eq!(get(&m, "HTTP_HOST"), b"[2001:db8::1]:8443");
+        assert_eq!(get(&m, "SERVER_NAME"), b"[2001:db8::1]");
+        assert_eq!(get(&m, "SERVER_PORT"), b"8443");
+        c.host = Some("plain.example".into());
+        let m = map(params(&parts, &c, None));
+        assert_eq!(get(&m, "SERVER_PORT"), b"80");
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //! while reading FCGI_STDOUT (full duplex, so an app that answers before it has read its
 //! body cannot deadlock the host), parses the CGI head, streams the body back with
 //! backpressure, and enforces the pause-aware request clock (504 and a killed worker when
-//! it runs out; the clock stops while a debugger holds the worker).
+//! it runs out; the clock stops while a debugger holds the worker). A request whose active
+//! time passes `slow_request_threshold` gets its worker's Python stacks logged, and so does
+//! one about to be killed for the timeout; a paused request is neither (its clock stands).
+//! A request body longer than `max_body_size` is cut off (413 while the head is unsent).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,11 +24,15 @@ use tokio::sync::{mpsc, oneshot};
 use super::process;
 use super::Lease;
 use crate::deadline::RequestClock;
+use crate::front::access_log::{AccessLog, Outcome as LogOutcome};
 use crate::gateway::fcgi::{self, EndRequest, RecordDecoder, RecordType};
 use crate::gateway::response::{parse_cgi_head, CgiHead, HeadParse, MAX_HEAD};
 
 /// FastCGI request id used on worker connections (one request in flight per connection).
 pub const REQUEST_ID: u16 = 1;
+
+/// How long a worker about to be killed for the timeout gets to report its stacks.
+const DUMP_BEFORE_KILL: Duration = Duration::from_millis(500);
 
 /// The error type of streamed response bodies.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -36,6 +44,8 @@ pub enum Failure {
     BadGateway,
     /// The request clock ran out: 504.
     Timeout,
+    /// The request body passed `max_body_size`: 413.
+    BodyTooLarge,
 }
 
 /// Identity of a request for logs.
@@ -44,9 +54,16 @@ pub struct RequestMeta {
     pub request_id: u64,
     pub method: String,
     pub path: String,
+    /// The query string, if the URL had one.
+    pub query: Option<String>,
+    /// The client's HTTP version.
+    pub version: http::Version,
+    /// A copy of the request headers when the access-log format uses them (else empty).
+    pub headers: http::HeaderMap,
     pub remote: std::net::SocketAddr,
     pub received: Instant,
-    pub access_log: bool,
+    /// Where the finished request is logged and counted.
+    pub log: Arc<AccessLog>,
 }
 
 /// The start of a response, sent to the HTTP side as soon as the CGI head is parsed.
@@ -120,9 +137,11 @@ pub async fn start(
     body: Option<Incoming>,
     meta: RequestMeta,
     limit: Option<Duration>,
+    body_limit: Option<u64>,
 ) -> Result<ResponseStart, Failure> {
     let (head_tx, head_rx) = oneshot::channel();
     let (body_tx, rx) = mpsc::channel(8);
+    let body = body.map(|body| (body, body_limit));
     tokio::spawn(drive(lease, records, body, meta, limit, head_tx, body_tx));
     match head_rx.await {
         Ok(Ok(head)) => Ok(ResponseStart {
@@ -140,9 +159,18 @@ enum Outcome {
     WorkerLost(String),
     Malformed(String),
     TimedOut,
+    BodyTooLarge,
 }
 
-type Pump = Pin<Box<dyn Future<Output = (OwnedWriteHalf, BytesMut, Result<(), String>)> + Send>>;
+/// Why streaming the request body to the worker stopped early.
+enum PumpError {
+    /// The client's body failed or the worker connection broke.
+    Broken(String),
+    /// The body passed `max_body_size`.
+    TooLarge,
+}
+
+type Pump = Pin<Box<dyn Future<Output = (OwnedWriteHalf, BytesMut, Result<(), PumpError>)> + Send>>;
 
 /// The write side of the worker connection: idle, or owned by the STDIN pump.
 enum WriteSide {
@@ -154,7 +182,7 @@ enum WriteSide {
 async fn drive(
     mut lease: Lease,
     records: BytesMut,
-    body: Option<Incoming>,
+    body: Option<(Incoming, Option<u64>)>,
     meta: RequestMeta,
     limit: Option<Duration>,
     head_tx: oneshot::Sender<Result<CgiHead, Failure>>,
@@ -164,11 +192,16 @@ async fn drive(
     let pid = lease.pid();
     let request_id = meta.request_id;
     let mut pause = lease.pause_signal();
-    let max_pause = lease.shared.settings().max_pause;
+    let settings = lease.shared.settings();
+    let max_pause = settings.max_pause;
+    let slow_threshold = settings.slow_request_threshold;
+    drop(settings);
+    let mut slow_logged = false;
     let mut clock = RequestClock::start(Instant::now(), limit);
     if *pause.borrow_and_update() {
         clock.pause(Instant::now());
     }
+    lease.publish_clock(&clock);
     let Some(conn) = lease.take_conn() else {
         let _ = head_tx.send(Err(Failure::BadGateway));
         return;
@@ -184,11 +217,13 @@ async fn drive(
     if let Err(err) = write.write_all(&records).await {
         tracing::warn!(worker, pid, request_id, error = %err, "worker connection failed");
         let _ = head_tx.take().map(|tx| tx.send(Err(Failure::BadGateway)));
-        log_access(&meta, worker, 502, 0);
+        log_access(&meta, Some((worker, pid)), 502, 0);
         return;
     }
     let mut write_side = match body {
-        Some(body) => WriteSide::Pumping(Box::pin(pump_stdin(body, write, write_buf))),
+        Some((body, body_limit)) => {
+            WriteSide::Pumping(Box::pin(pump_stdin(body, body_limit, write, write_buf)))
+        }
         None => WriteSide::Idle(write, write_buf),
     };
 
@@ -265,9 +300,17 @@ async fn drive(
             (Some(max), Some(paused)) => now.checked_add(max.saturating_sub(paused)),
             _ => None,
         };
-        let wake = clock
-            .next_check(now)
-            .or(pause_cap)
+        // slow_request_threshold: wake when the active time reaches it (never while paused).
+        let slow_at = match slow_threshold {
+            Some(threshold) if !slow_logged && !clock.is_paused() => {
+                now.checked_add(threshold.saturating_sub(clock.active(now)))
+            }
+            _ => None,
+        };
+        let wake = [clock.next_check(now), pause_cap, slow_at]
+            .into_iter()
+            .flatten()
+            .min()
             .map(tokio::time::Instant::from_std);
         let pumping = matches!(write_side, WriteSide::Pumping(_));
         tokio::select! {
@@ -277,12 +320,35 @@ async fn drive(
                 if clock.expired(now) {
                     break 'exchange Outcome::TimedOut;
                 }
+                if let Some(threshold) = slow_threshold {
+                    let active = clock.active(now);
+                    if !slow_logged && !clock.is_paused() && active >= threshold {
+                        slow_logged = true;
+                        meta.log.metrics().slow_request();
+                        tracing::warn!(
+                            worker,
+                            pid,
+                            request_id,
+                            method = meta.method,
+                            path = meta.path,
+                            active_ms = active.as_millis() as u64,
+                            "slow request (slow_request_threshold); asking the worker for its Python stacks"
+                        );
+                        match lease.control() {
+                            Some(control) => {
+                                tokio::spawn(async move { control.request_stacks().await });
+                            }
+                            None => tracing::info!(worker, pid, "this worker has no control channel: no stacks to log"),
+                        }
+                    }
+                }
                 // A pause longer than debug.max_pause stops holding the clock: it runs
                 // again (until the debugger resumes and pauses anew).
                 if let (Some(max), Some(paused)) = (max_pause, clock.current_pause(now)) {
                     if paused >= max {
                         tracing::warn!(worker, pid, request_id, paused_s = paused.as_secs(), "debugger pause exceeded debug.max_pause; the request clock runs again");
                         clock.resume(now);
+                        lease.publish_clock(&clock);
                     }
                 }
             }
@@ -290,13 +356,15 @@ async fn drive(
                 if changed.is_ok() {
                     let now = Instant::now();
                     if *pause.borrow_and_update() { clock.pause(now) } else { clock.resume(now) }
+                    lease.publish_clock(&clock);
                 }
             }
             done = async { match &mut write_side { WriteSide::Pumping(p) => p.await, _ => std::future::pending().await } }, if pumping => {
                 let (write, buf, result) = done;
                 write_side = match result {
                     Ok(()) => WriteSide::Idle(write, buf),
-                    Err(err) => {
+                    Err(PumpError::TooLarge) => break 'exchange Outcome::BodyTooLarge,
+                    Err(PumpError::Broken(err)) => {
                         tracing::debug!(worker, pid, request_id, error = %err, "request body ended early");
                         client_gone = true;
                         WriteSide::Lost
@@ -379,6 +447,7 @@ async fn drive(
         }
         Outcome::TimedOut => {
             let now = Instant::now();
+            meta.log.metrics().timed_out();
             tracing::error!(
                 worker,
                 pid,
@@ -387,14 +456,35 @@ async fn drive(
                 path = meta.path,
                 ran_ms = elapsed.as_millis() as u64,
                 paused_ms = clock.paused_total(now).as_millis() as u64,
-                "request timed out (request_timeout); killing the worker"
+                "request timed out (request_timeout); logging the worker's Python stacks, then killing it"
             );
+            if let Some(control) = lease.control() {
+                if !control.dump_and_wait(DUMP_BEFORE_KILL).await {
+                    tracing::warn!(
+                        worker,
+                        pid,
+                        request_id,
+                        "the worker did not report its stacks in time"
+                    );
+                }
+            }
             process::signal(pid, libc::SIGKILL);
             fail(&mut head_tx, &body_tx, Failure::Timeout, &mut status).await;
         }
+        Outcome::BodyTooLarge => {
+            tracing::warn!(
+                worker,
+                pid,
+                request_id,
+                method = meta.method,
+                path = meta.path,
+                "request body passed max_body_size; cutting it off"
+            );
+            fail(&mut head_tx, &body_tx, Failure::BodyTooLarge, &mut status).await;
+        }
     }
     drop(lease);
-    log_access(&meta, worker, status, sent);
+    log_access(&meta, Some((worker, pid)), status, sent);
 }
 
 /// Tells the HTTP side the exchange failed: a status page before the head, a cut body after.
@@ -409,6 +499,7 @@ async fn fail(
             *status = match failure {
                 Failure::BadGateway => 502,
                 Failure::Timeout => 504,
+                Failure::BodyTooLarge => 413,
             };
             let _ = tx.send(Err(failure));
         }
@@ -418,27 +509,35 @@ async fn fail(
     }
 }
 
-/// Streams the client's body to the worker as STDIN records, then the empty record.
+/// Streams the client's body to the worker as STDIN records, then the empty record;
+/// stops with [`PumpError::TooLarge`] before forwarding a byte past `limit`.
 async fn pump_stdin(
     mut body: Incoming,
+    limit: Option<u64>,
     mut write: OwnedWriteHalf,
     mut buf: BytesMut,
-) -> (OwnedWriteHalf, BytesMut, Result<(), String>) {
+) -> (OwnedWriteHalf, BytesMut, Result<(), PumpError>) {
+    let broken = |e: &dyn std::fmt::Display| PumpError::Broken(e.to_string());
     let result = async {
+        let mut total: u64 = 0;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| e.to_string())?;
+            let frame = frame.map_err(|e| broken(&e))?;
             if let Ok(data) = frame.into_data() {
                 if data.is_empty() {
                     continue;
                 }
+                total = total.saturating_add(data.len() as u64);
+                if limit.is_some_and(|limit| total > limit) {
+                    return Err(PumpError::TooLarge);
+                }
                 buf.clear();
                 fcgi::put_stream(&mut buf, RecordType::Stdin, REQUEST_ID, &data);
-                write.write_all(&buf).await.map_err(|e| e.to_string())?;
+                write.write_all(&buf).await.map_err(|e| broken(&e))?;
             }
         }
         buf.clear();
         fcgi::put_stream(&mut buf, RecordType::Stdin, REQUEST_ID, &[]);
-        write.write_all(&buf).await.map_err(|e| e.to_string())?;
+        write.write_all(&buf).await.map_err(|e| broken(&e))?;
         buf.clear();
         Ok(())
     }
@@ -453,19 +552,15 @@ fn log_stderr(worker: usize, pid: u32, request_id: u64, content: &[u8]) {
     }
 }
 
-/// One access-log line per request.
-pub fn log_access(meta: &RequestMeta, worker: usize, status: u16, bytes: u64) {
-    if meta.access_log {
-        tracing::info!(
-            target: "fcgihost::access",
-            remote = %meta.remote,
-            method = meta.method,
-            path = meta.path,
+/// Logs (per `log.access` and `log.access_format`) and counts one finished request;
+/// `worker` is the id and pid that served it, if any.
+pub fn log_access(meta: &RequestMeta, worker: Option<(usize, u32)>, status: u16, bytes: u64) {
+    meta.log.record(
+        meta,
+        LogOutcome {
+            worker,
             status,
             bytes,
-            duration_ms = meta.received.elapsed().as_secs_f64() * 1000.0,
-            worker,
-            request_id = meta.request_id,
-        );
-    }
+        },
+    );
 }

@@ -765,25 +765,26 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Hands an idle worker to the first live waiter, if any.
+    /// Hands idle workers to waiting requests, skipping waiters that gave up.
     fn serve_waiters(&self, state: &mut State) {
         while !state.waiters.is_empty() {
-            let Some(grant) = take_idle(state) else {
+            let Some(mut grant) = take_idle(state) else {
                 return;
             };
-            let mut grant = Some(grant);
-            while let Some(waiter) = state.waiters.pop_front() {
-                match waiter.grant.send(Ok(grant.take().expect("grant present"))) {
+            loop {
+                let Some(waiter) = state.waiters.pop_front() else {
+                    // Every waiter had gone: the worker is idle again.
+                    let worker = &mut state.workers[grant.worker];
+                    worker.phase = Phase::Idle;
+                    worker.conn = Some(grant.conn);
+                    return;
+                };
+                match waiter.grant.send(Ok(grant)) {
                     Ok(()) => break,
-                    Err(Ok(back)) => grant = Some(back),
-                    Err(Err(_)) => {}
+                    Err(Ok(back)) => grant = back,
+                    // Only `Ok` is sent above, so only `Ok` can come back.
+                    Err(Err(_)) => return,
                 }
-            }
-            if let Some(back) = grant {
-                let worker = &mut state.workers[back.worker];
-                worker.phase = Phase::Idle;
-                worker.conn = Some(back.conn);
-                return;
             }
         }
     }

@@ -54,7 +54,7 @@ enum Why {
 
 /// How a worker's start ended.
 enum Start {
-    Ready(Running),
+    Ready(Box<Running>),
     /// The app failed to load (message for the log and the 503 page).
     Failed(Option<String>),
     Shutdown,
@@ -93,7 +93,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
         }
         restarts.borrow_and_update();
         let mut running = match start_worker(&shared, id).await {
-            Start::Ready(running) => running,
+            Start::Ready(running) => *running,
             Start::Shutdown => {
                 mark_stopped(&shared, id);
                 return;
@@ -218,7 +218,7 @@ async fn start_worker(shared: &Shared, id: usize) -> Start {
     tracing::debug!(worker = id, pid, generation, "worker spawned");
     let started = Instant::now();
     match wait_ready(shared, id, pid, &mut child, &mut events).await {
-        Ok(debug_port) => Start::Ready(Running {
+        Ok(debug_port) => Start::Ready(Box::new(Running {
             child,
             pid,
             socket_path,
@@ -227,7 +227,7 @@ async fn start_worker(shared: &Shared, id: usize) -> Start {
             started,
             generation,
             recycle_failed: false,
-        })
+        }))
         .with_debug_port(shared, id, debug_port),
         Err(outcome) => {
             stop_child(&mut child, pid).await;
@@ -299,7 +299,7 @@ async fn replace(shared: &Arc<Shared>, id: usize, mut old: Running, why: Why) ->
         return old;
     }
     let new = match start_worker(shared, id).await {
-        Start::Ready(new) => new,
+        Start::Ready(new) => *new,
         Start::Failed(message) if why == Why::Recycle => {
             tracing::error!(
                 worker = id,

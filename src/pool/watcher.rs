@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn a_bad_pattern_is_an_error_that_names_it() {
-        let err = compile("(unclosed").err().expect("invalid");
+        let err = compile("(unclosed").expect_err("invalid");
         assert!(err.to_string().contains("(unclosed"), "{err}");
     }
 }

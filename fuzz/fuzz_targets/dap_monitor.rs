@@ -1,0 +1,162 @@
+//! Fuzzes the DAP framing monitor (`debug::dap`) that watches both directions of a /ptvsd
+//! connection: it never panics, framing does not depend on how the bytes are chunked, the
+//! pause edges it reports agree with its state, and its memory stays bounded however long
+//! the stream (a counting allocator measures what it holds).
+//!
+//! Input: segments of `ctrl, len (1 byte, or 2 big-endian if ctrl bit 1), bytes[len]`.
+//! ctrl bit 0: direction (0 = client → adapter); bits 2-3: the segment is sent 1, 2, 16 or
+//! 512 times; bits 4-7: piece size for the chunked copy (see `PIECES`). A reference monitor
+//! gets each segment whole, the one under test gets it in pieces.
+#![no_main]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use fcgihost::debug::dap::{DapFramer, DapMonitor, Direction, PauseChange, MAX_BODY, MAX_HEADER};
+use libfuzzer_sys::fuzz_target;
+
+/// The system allocator, counting the bytes currently allocated.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to `System` unchanged; only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc(layout);
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(layout);
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = System.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            LIVE.fetch_add(new_size, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Piece sizes for the chunked copy, chosen by ctrl bits 4-7.
+const PIECES: [usize; 16] = [
+    1, 2, 3, 4, 5, 7, 8, 13, 16, 23, 64, 100, 255, 1024, 4096, 65536,
+];
+
+/// Times a segment is sent, chosen by ctrl bits 2-3: long streams from short inputs.
+const REPEATS: [usize; 4] = [1, 2, 16, 512];
+
+/// Most bytes the two monitors and four framers may hold between chunks: each framer keeps a
+/// header of at most `MAX_HEADER` (a Vec may have twice that capacity) and a body of at most
+/// `MAX_BODY`; each tracker a bounded set of threads and requests (generous allowance).
+const LIMIT: usize = 8 * (2 * MAX_HEADER + MAX_BODY) + 2 * 256 * 1024;
+
+fn index(dir: Direction) -> usize {
+    match dir {
+        Direction::ClientToAdapter => 0,
+        Direction::AdapterToClient => 1,
+    }
+}
+
+/// Feeds `chunk` to the monitor and checks the edge it reports against its state.
+fn feed_checked(m: &mut DapMonitor, dir: Direction, chunk: &[u8]) {
+    let before = m.is_paused();
+    let change = m.feed(dir, chunk);
+    let after = m.is_paused();
+    let expected = match (before, after) {
+        (false, true) => Some(PauseChange::Paused),
+        (true, false) => Some(PauseChange::Resumed),
+        _ => None,
+    };
+    assert_eq!(change, expected, "edge does not match the pause state");
+}
+
+fuzz_target!(|data: &[u8]| {
+    let baseline = LIVE.load(Ordering::Relaxed);
+    let mut reference = DapMonitor::new();
+    let mut tested = DapMonitor::new();
+    let mut ref_framers = [DapFramer::new(), DapFramer::new()];
+    let mut test_framers = [DapFramer::new(), DapFramer::new()];
+
+    let mut input = data;
+    while let Some((&ctrl, rest)) = input.split_first() {
+        let (len, rest) = if ctrl & 2 != 0 {
+            match rest {
+                [a, b, rest @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), rest),
+                _ => break,
+            }
+        } else {
+            match rest.split_first() {
+                Some((&n, rest)) => (usize::from(n), rest),
+                None => break,
+            }
+        };
+        let (segment, rest) = rest.split_at(len.min(rest.len()));
+        input = rest;
+
+        let dir = if ctrl & 1 == 0 {
+            Direction::ClientToAdapter
+        } else {
+            Direction::AdapterToClient
+        };
+        let repeat = REPEATS[usize::from((ctrl >> 2) & 3)];
+        // At most ~4096 feed calls per segment, so long streams stay fast.
+        let piece = PIECES[usize::from(ctrl >> 4)].max(segment.len() * repeat / 4096);
+        let piece = piece.max(1);
+
+        let i = index(dir);
+        let mut ref_msgs = Vec::new();
+        let mut test_msgs = Vec::new();
+        for _ in 0..repeat {
+            feed_checked(&mut reference, dir, segment);
+            ref_framers[i].push(segment, &mut ref_msgs);
+            for p in segment.chunks(piece) {
+                feed_checked(&mut tested, dir, p);
+                test_framers[i].push(p, &mut test_msgs);
+            }
+        }
+        assert_eq!(ref_msgs, test_msgs, "chunking changed the messages");
+        drop((ref_msgs, test_msgs));
+
+        assert_eq!(reference.is_paused(), tested.is_paused(), "chunking changed the pause state");
+        assert_eq!(reference.client_id(), tested.client_id());
+        for d in [Direction::ClientToAdapter, Direction::AdapterToClient] {
+            let (r, t) = (reference.framer(d), tested.framer(d));
+            assert_eq!(r.resyncs(), t.resyncs(), "chunking changed resyncs");
+            assert_eq!(r.skipped_bodies(), t.skipped_bodies(), "chunking changed skips");
+            assert_eq!(r.resyncs(), ref_framers[index(d)].resyncs());
+            assert_eq!(r.skipped_bodies(), ref_framers[index(d)].skipped_bodies());
+        }
+        if let Some(id) = tested.client_id() {
+            assert!(id.chars().count() <= 128);
+        }
+
+        let held = LIVE.load(Ordering::Relaxed).saturating_sub(baseline);
+        assert!(held <= LIMIT, "monitors hold {held} bytes (limit {LIMIT})");
+    }
+
+    // Closing the connection resumes a paused worker, exactly once.
+    let was_paused = tested.is_paused();
+    let change = tested.connection_closed();
+    assert_eq!(change, was_paused.then_some(PauseChange::Resumed));
+    assert!(!tested.is_paused());
+    assert_eq!(tested.connection_closed(), None);
+});
