@@ -84,9 +84,9 @@ class WsTransport:
         if not head.startswith(b"HTTP/1.1 101"):
             raise RuntimeError("WebSocket handshake refused: %r" % head[:200])
         accept = base64.b64encode(hashlib.sha1(
-            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC11B65").encode()).digest())
+            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
         if accept not in head:
-            raise RuntimeError("bad Sec-WebSocket-Accept")
+            raise RuntimeError("bad Sec-WebSocket-Accept: %r want %r" % (head, accept))
         self.buf = bytearray(rest)
 
     def _frame(self, opcode, payload):

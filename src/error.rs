@@ -35,6 +35,9 @@ pub enum Error {
     /// The app directory cannot be watched, or the restart pattern is invalid.
     #[error(transparent)]
     Watch(#[from] crate::pool::watcher::WatchError),
+    /// `fcgihost reload` could not reach or convince the running host.
+    #[error("{0}")]
+    Control(String),
     /// Any other I/O failure at start-up.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -21,6 +21,9 @@ enum Command {
     Serve(HostArgs),
     /// Validate the config, show where each value comes from, and import the app once.
     Check(HostArgs),
+    /// Ask a running host to re-read its config and replace its workers one by one (what
+    /// SIGHUP does; works on Windows too). Needs `status_path`.
+    Reload(HostArgs),
     /// Tunnel a local port to a server's /ptvsd debug proxy, for VS Code or Visual Studio.
     Attach(AttachArgs),
     /// Print the IIS web.config (HttpPlatformHandler) for an app, or write it with
@@ -198,6 +201,7 @@ fn main() -> ExitCode {
     let (args, is_check) = match cli.command {
         Command::Serve(args) => (args, false),
         Command::Check(args) => (args, true),
+        Command::Reload(args) => return reload(args, &env),
         Command::Attach(args) => return attach(args),
         Command::WebConfig(args) => return web_config(args),
         Command::Migrate(args) => return migrate(args),
@@ -238,6 +242,27 @@ fn main() -> ExitCode {
                 fcgihost::Error::Config(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
+        }
+    }
+}
+
+/// `fcgihost reload`: finds the running host from the same config and asks it to reload.
+fn reload(args: HostArgs, env: &HashMap<String, String>) -> ExitCode {
+    let loaded = match config::load(&args.overrides(), env) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("fcgihost: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match fcgihost::serve::request_reload(&loaded.config) {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("fcgihost: {err}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::config::{CliOverrides, Config, Loaded};
 use crate::debug::auth::Secret;
 use crate::debug::proxy::DebugProxy;
 use crate::front::access_log::{AccessFormat, AccessLog};
+use crate::front::fastcgi;
 use crate::front::http::{self as front_http, Front, FrontOptions};
 use crate::front::limits::ConnLimits;
 use crate::front::status::{Metrics, StatusPage};
@@ -40,7 +41,18 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
     };
     let runtime = RuntimeDir::create()?;
     let spec = worker_spec(&config, runtime.worker_script());
-    let listener = front_http::bind(config.listen).await?;
+    // The FastCGI standard's listening socket on stdin: with it and no `listen` configured,
+    // fcgihost was started by a web server or process manager and serves FastCGI only.
+    let stdin_fastcgi = fastcgi::Listener::from_stdin()?;
+    let listener = if stdin_fastcgi.is_some() && !config.listen_configured {
+        None
+    } else {
+        Some(front_http::bind(config.listen).await?)
+    };
+    let mut fastcgi_listeners: Vec<fastcgi::Listener> = stdin_fastcgi.into_iter().collect();
+    if let Some(addr) = &config.fastcgi_listen {
+        fastcgi_listeners.push(fastcgi::Listener::bind(addr).await?);
+    }
     tracing::info!(
         workers = config.workers,
         app = config.app.as_deref().unwrap_or("(built-in welcome app)"),
@@ -61,6 +73,7 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
             access_log: config.log.access,
             debug: config.debug_enabled(),
             max_body_size: config.limits.max_body_size,
+            trusted_proxies: config.trusted_proxies.clone(),
         },
     );
     let metrics = Arc::new(Metrics::new());
@@ -74,8 +87,13 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
             path,
             "status page on (loopback clients, or the debug secret)"
         );
+        let reload_hook: crate::front::status::ReloadHook = {
+            let (pool, cli, script) = (pool.clone(), cli.clone(), script.clone());
+            Arc::new(move || reload(&pool, &cli, &script))
+        };
         let status = StatusPage::new(pool.clone(), path, metrics)
-            .with_secret(config.debug.secret.clone().map(Secret::new));
+            .with_secret(config.debug.secret.clone().map(Secret::new))
+            .with_reload(reload_hook);
         front = front.with_status(status);
     }
     if let Some(secret) = &config.debug.secret {
@@ -95,13 +113,29 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
     let front = Arc::new(front);
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = config.graceful_timeout;
-    let server = tokio::spawn(front_http::run(
-        listener,
-        front,
-        stop_rx,
-        grace,
-        conn_limits(&config),
-    ));
+    let mut servers = Vec::new();
+    let fastcgi_options = fastcgi::FastcgiOptions {
+        max_conns: config.limits.max_connections.unwrap_or(usize::MAX),
+        max_reqs: config.workers.saturating_add(config.max_queue),
+    };
+    for fastcgi_listener in fastcgi_listeners {
+        servers.push(tokio::spawn(fastcgi::run(
+            fastcgi_listener,
+            front.clone(),
+            fastcgi_options,
+            stop_rx.clone(),
+            grace,
+        )));
+    }
+    if let Some(listener) = listener {
+        servers.push(tokio::spawn(front_http::run(
+            listener,
+            front,
+            stop_rx,
+            grace,
+            conn_limits(&config),
+        )));
+    }
 
     let signal = signals.run_until_shutdown(&pool, &cli, &script).await;
     tracing::info!(
@@ -111,7 +145,11 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
     );
     let _ = stop_tx.send(true);
     pool.shutdown(grace).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        futures_util::future::join_all(servers),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -363,5 +401,50 @@ pub fn reload(pool: &Pool, cli: &CliOverrides, script: &Path) {
         Err(err) => {
             tracing::error!("reload failed; the running configuration stays: {err}");
         }
+    }
+}
+
+/// Asks the host running with `config` to reload (`POST <status_path>/control/reload` on its
+/// listen address, from loopback). Returns the host's answer.
+pub fn request_reload(config: &Config) -> Result<String, Error> {
+    use std::io::{Read, Write};
+    let Some(status_path) = config.status_path.as_deref() else {
+        return Err(Error::Control(
+            "`fcgihost reload` talks to the host's status endpoint: set status_path (e.g. \"/_fcgihost/status\"), or send SIGHUP".into(),
+        ));
+    };
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let fail = |e: std::io::Error| Error::Control(format!("cannot reach the host at {addr}: {e}"));
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(fail)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(fail)?;
+    let path = format!("{}/control/reload", status_path.trim_end_matches('/'));
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(fail)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(fail)?;
+    let status = answer.split_whitespace().nth(1).unwrap_or("");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim())
+        .unwrap_or("");
+    if status == "202" {
+        Ok(body.to_owned())
+    } else {
+        Err(Error::Control(format!(
+            "the host at {addr} answered {status}: {body}"
+        )))
     }
 }

@@ -236,3 +236,49 @@ fn sigttin_and_sigttou_add_and_remove_a_worker() {
         "the remaining worker serves"
     );
 }
+
+#[test]
+fn control_endpoint_changes_workers_and_fcgihost_reload_reloads() {
+    let config = "workers = 1\nstatus_path = \"/_fcgihost/status\"\n";
+    let host = Host::start(HostOpts::plain().config(config));
+    assert_eq!(host.wait_workers(1, T).len(), 1);
+
+    let r = request(
+        "POST",
+        &host.url("/_fcgihost/status/control/workers?count=3"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        wait_until(T, || host.worker_pids().len() == 3),
+        "the control endpoint sets the count"
+    );
+    let r = request(
+        "GET",
+        &host.url("/_fcgihost/status/control/workers?count=2"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 405, "control actions need POST");
+
+    // `fcgihost reload` finds the host through the same config and asks it to reload.
+    let out = run_cli(
+        HostOpts::new()
+            .subcommand("reload")
+            .no_listen_flag()
+            .no_python_flag()
+            .arg("--listen")
+            .arg(host.addr().to_string()),
+        host.dir(),
+        T,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    host.wait_for_log("configuration reloaded", T);
+    assert!(
+        wait_until(T, || host.worker_pids().len() == 1),
+        "the reloaded config (workers = 1) applies; have {:?}",
+        host.worker_pids()
+    );
+    assert_eq!(get(&host.url("/")).status, 200);
+}

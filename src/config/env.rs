@@ -115,7 +115,7 @@ pub(super) fn read(
         |s| values::parse_count(s, 0),
     )?;
     r.set(&mut p.max_worker_rss, &["FCGIHOST_MAX_WORKER_RSS"], |s| {
-        values::parse_size(s).map(|b| (b > 0).then_some(b))
+        values::parse_byte_size(s).map(|b| (b > 0).then_some(b))
     })?;
     r.set(
         &mut p.max_worker_lifetime,

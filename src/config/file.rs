@@ -316,11 +316,10 @@ impl Ctx<'_> {
             "max_worker_rss",
             |v| {
                 let bytes = match v {
-                    Value::Integer(n) => u64::try_from(*n)
-                        .map_err(|_| format!("{n} is negative"))?
-                        .checked_mul(1 << 20)
-                        .ok_or_else(|| format!("{n} is too large"))?,
-                    _ => text(v).and_then(|s| values::parse_size(&s))?,
+                    Value::Integer(n) => {
+                        u64::try_from(*n).map_err(|_| format!("{n} is negative"))?
+                    }
+                    _ => text(v).and_then(|s| values::parse_byte_size(&s))?,
                 };
                 Ok((bytes > 0).then_some(bytes))
             },

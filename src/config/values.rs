@@ -21,14 +21,10 @@ pub(super) fn quote(s: &str) -> String {
     format!("\"{s}\"")
 }
 
-/// Parses a duration: `"90s"`, `"500ms"`, `"2m"`, `"1h"`, `"1d"`, combinations such as
-/// `"1m30s"`, a bare number of seconds (`"90"`, `"0"`), or IIS's `hh:mm:ss` (`"00:02:00"`).
-///
-/// The error text is complete (`invalid duration "9x" (use e.g. "90s", "2m")`) so callers only
-/// add the key or variable in front.
-/// Parses a memory size: `"512MiB"`, `"512MB"`, `"2GiB"`, `"1G"`, `"300M"`, `"65536K"`;
-/// a bare number is MiB (as uWSGI's `reload-on-rss`). `0` means off.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+/// Parses a size with a unit: `"512MiB"`, `"512MB"`, `"2GiB"`, `"1G"`, `"300M"`, `"64K"`
+/// (binary multiples; a unit-less number is read as MiB here, but [`parse_byte_size`], the
+/// entry point, takes bare numbers as bytes first).
+fn parse_unit_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
@@ -50,8 +46,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
-/// Parses a size in bytes for the request limits: `"64KiB"`, `"1GiB"`, `"100MB"`; a bare
-/// number is bytes (as nginx's `client_max_body_size`).
+/// Parses a size in bytes (request limits, `max_worker_rss`): `"64KiB"`, `"1GiB"`,
+/// `"100MB"`; a bare number is bytes (as nginx's `client_max_body_size`).
 pub(super) fn parse_byte_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
@@ -59,7 +55,7 @@ pub(super) fn parse_byte_size(s: &str) -> Result<u64, String> {
             .parse()
             .map_err(|_| format!("size {} is too large", quote(s)));
     }
-    parse_size(t)
+    parse_unit_size(t)
 }
 
 /// Formats a byte count the way [`parse_byte_size`] reads it: `"64KiB"`, `"1GiB"`, `"1000"`.
@@ -90,6 +86,11 @@ pub(super) fn parse_access_format(s: &str) -> Result<String, String> {
     }
 }
 
+/// Parses a duration: `"90s"`, `"500ms"`, `"2m"`, `"1h"`, `"1d"`, combinations such as
+/// `"1m30s"`, a bare number of seconds (`"90"`, `"0"`), or IIS's `hh:mm:ss` (`"00:02:00"`).
+///
+/// The error text is complete (`invalid duration "9x" (use e.g. "90s", "2m")`) so callers only
+/// add the key or variable in front.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("invalid duration {} {DURATION_HINT}", quote(s));
     let t = s.trim();

@@ -27,8 +27,9 @@ use super::ResponseBody;
 use crate::debug::proxy::DebugProxy;
 use crate::gateway::cgi::{self, RequestContext};
 use crate::gateway::fcgi::{self, ParamsWriter, RecordType, Role};
+use crate::gateway::forwarded::{ProxyHeaders, TrustedProxies};
 use crate::pages;
-use crate::pool::exchange::{self, Failure, RequestMeta, REQUEST_ID};
+use crate::pool::exchange::{self, Failure, RequestBody, RequestMeta, REQUEST_ID};
 use crate::pool::{CurrentRequest, Pool, Refusal};
 
 /// How requests are mapped and answered (from the config).
@@ -42,6 +43,9 @@ pub struct FrontOptions {
     pub debug: bool,
     /// `max_body_size`: larger request bodies get 413; `None` = no limit.
     pub max_body_size: Option<u64>,
+    /// `trusted_proxies`: peers whose `X-Forwarded-*`, `Forwarded`, `X-ARR-SSL` and
+    /// `X-Original-URL` headers set the client, scheme, host and target the app sees.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Routes requests; shared by every connection.
@@ -98,9 +102,14 @@ impl Front {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        remote: SocketAddr,
+        peer: SocketAddr,
         local: SocketAddr,
     ) -> Response<ResponseBody> {
+        // From a trusted proxy, the proxy headers name the real client, scheme and host (and
+        // IIS URL Rewrite's X-Original-URL the real target); `remote` is that client.
+        let resolved = ProxyHeaders::from_headers(req.headers())
+            .resolve(peer.ip(), &self.options.trusted_proxies);
+        let remote = resolved.client.map_or(peer, |client| client.socket_addr());
         if let Some(proxy) = self.debug.as_ref().filter(|p| p.owns(req.uri().path())) {
             return proxy.handle(req, remote).await;
         }
@@ -108,32 +117,25 @@ impl Front {
             let (parts, _body) = req.into_parts();
             return status.handle(&parts, remote);
         }
-        let received = Instant::now();
-        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (parts, body) = req.into_parts();
-        let meta = RequestMeta {
-            request_id,
-            method: parts.method.as_str().to_owned(),
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().map(str::to_owned),
-            version: parts.version,
-            headers: if self.access.needs_headers() {
-                parts.headers.clone()
-            } else {
-                http::HeaderMap::new()
-            },
-            remote,
-            received,
-            log: self.access.clone(),
-        };
+        let (mut parts, body) = req.into_parts();
+        if let Some(url) = resolved.original_url.as_deref() {
+            // wfastcgi served X-Original-URL as PATH_INFO (and its query as QUERY_STRING).
+            match http::Uri::try_from(url) {
+                Ok(uri) => parts.uri = uri,
+                Err(err) => {
+                    tracing::debug!(%remote, error = %err, "X-Original-URL ignored: not a valid request target")
+                }
+            }
+        }
+        let meta = self.request_meta(&parts, remote);
 
         let ctx = RequestContext {
             remote,
             local,
-            https: false,
+            https: resolved.https.unwrap_or(false),
             server_name: None,
             script_name: self.options.script_name.clone(),
-            host: None,
+            host: resolved.host,
         };
         let content_length = body.size_hint().exact();
         let has_body = !body.is_end_stream();
@@ -160,12 +162,55 @@ impl Front {
         if !has_body {
             fcgi::put_stream(&mut records, RecordType::Stdin, REQUEST_ID, &[]);
         }
+        self.dispatch(records, has_body.then_some(body), meta).await
+    }
 
+    /// The proxies whose headers are believed (the FastCGI front door applies them too).
+    pub fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.options.trusted_proxies
+    }
+
+    /// The mount prefix (`script_name`) split off request paths.
+    pub fn script_name(&self) -> &str {
+        &self.options.script_name
+    }
+
+    /// A request's identity for logs, the access log and the worker table: a fresh request
+    /// id, its line, and its headers when the access-log format uses them.
+    pub fn request_meta(&self, parts: &http::request::Parts, remote: SocketAddr) -> RequestMeta {
+        RequestMeta {
+            request_id: self.next_request.fetch_add(1, Ordering::Relaxed),
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            version: parts.version,
+            headers: if self.access.needs_headers() {
+                parts.headers.clone()
+            } else {
+                http::HeaderMap::new()
+            },
+            remote,
+            received: Instant::now(),
+            log: self.access.clone(),
+        }
+    }
+
+    /// Runs a request whose worker records are built (BEGIN_REQUEST, PARAMS, and the empty
+    /// STDIN when there is no `body`) on a worker: waits for a debugger when
+    /// `debug.wait_for_attach` asks, takes a worker (or answers why not), and starts the
+    /// exchange. Both front doors (HTTP and FastCGI) end here.
+    pub async fn dispatch<B: RequestBody>(
+        &self,
+        records: BytesMut,
+        body: Option<B>,
+        meta: RequestMeta,
+    ) -> Response<ResponseBody> {
+        let remote = meta.remote;
         let current = CurrentRequest {
-            request_id,
+            request_id: meta.request_id,
             method: meta.method.clone(),
             path: meta.path.clone(),
-            started: received,
+            started: meta.received,
         };
         if let Some(proxy) = &self.debug {
             // debug.wait_for_attach: hold the request (clock not started) until a debugger
@@ -181,7 +226,6 @@ impl Front {
             }
         };
         let limit = self.pool.settings().request_timeout;
-        let body = has_body.then_some(body);
         let body_limit = self.options.max_body_size;
         match exchange::start(lease, records, body, meta, limit, body_limit).await {
             Ok(start) => {

@@ -1,8 +1,10 @@
 //! The front door: the HTTP/1.1 listener (keep-alive, chunked bodies, 100-continue,
 //! WebSocket upgrades) with its limits against hostile clients, the routing of each request
-//! to the debug proxy, the status page or a worker, and the access log.
+//! to the debug proxy, the status page or a worker, and the access log; and the optional
+//! FastCGI listener for web servers that speak FastCGI ([`fastcgi`]).
 
 pub mod access_log;
+pub mod fastcgi;
 pub mod http;
 pub mod limits;
 pub mod status;

@@ -113,11 +113,18 @@ impl Metrics {
 pub struct StatusPage {
     path: String,
     metrics_path: String,
+    /// `<path>/control/reload` and `<path>/control/workers` (POST): what SIGHUP and
+    /// SIGTTIN/SIGTTOU do, for Windows and for scripts (`fcgihost reload`).
+    control_path: String,
+    reload: Option<ReloadHook>,
     pool: Pool,
     metrics: std::sync::Arc<Metrics>,
     secret: Option<Secret>,
     limiter: Mutex<FailureLimiter>,
 }
+
+/// Re-reads the configuration and applies it (provided by `serve`).
+pub type ReloadHook = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl StatusPage {
     /// The status page at `path` (metrics at `<path>/metrics`) for `pool`.
@@ -125,6 +132,8 @@ impl StatusPage {
         let path = path.trim_end_matches('/').to_owned();
         Self {
             metrics_path: format!("{path}/metrics"),
+            control_path: format!("{path}/control"),
+            reload: None,
             path,
             pool,
             metrics,
@@ -139,10 +148,82 @@ impl StatusPage {
         self
     }
 
-    /// Whether a request path is the status page or its metrics.
+    /// Enables `POST <path>/control/reload`.
+    pub fn with_reload(mut self, reload: ReloadHook) -> Self {
+        self.reload = Some(reload);
+        self
+    }
+
+    /// Whether a request path is the status page, its metrics, or a control action.
     pub fn owns(&self, path: &str) -> bool {
         let path = path.strip_suffix('/').unwrap_or(path);
-        path == self.path || path == self.metrics_path
+        path == self.path
+            || path == self.metrics_path
+            || path
+                .strip_prefix(self.control_path.as_str())
+                .is_some_and(|rest| rest == "/reload" || rest == "/workers")
+    }
+
+    /// `POST <path>/control/reload` re-reads the configuration; `POST
+    /// <path>/control/workers?count=N` (or `?add=1`, `?remove=1`) changes the worker count.
+    fn control(&self, parts: &http::request::Parts, action: &str) -> Response<ResponseBody> {
+        if parts.method != Method::POST {
+            let mut response = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "Use POST.\n".into(),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        match action {
+            "/reload" => match &self.reload {
+                Some(reload) => {
+                    reload();
+                    text(
+                        StatusCode::ACCEPTED,
+                        "text/plain; charset=utf-8",
+                        "reloading: workers are replaced one by one; the log says whether the new configuration loaded\n".into(),
+                    )
+                }
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "text/plain; charset=utf-8",
+                    "reload is not available\n".into(),
+                ),
+            },
+            _ => {
+                let current = self.pool.settings().workers;
+                let query = parts.uri.query().unwrap_or("");
+                let wanted = query.split('&').find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    let n: usize = value.parse().ok()?;
+                    match key {
+                        "count" => Some(n),
+                        "add" => Some(current.saturating_add(n)),
+                        "remove" => Some(current.saturating_sub(n)),
+                        _ => None,
+                    }
+                });
+                match wanted {
+                    Some(n) if n >= 1 => {
+                        self.pool.resize(n);
+                        text(
+                            StatusCode::OK,
+                            "application/json",
+                            format!("{{\"workers\":{n}}}\n"),
+                        )
+                    }
+                    _ => text(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain; charset=utf-8",
+                        "use ?count=N (N >= 1), ?add=N or ?remove=N\n".into(),
+                    ),
+                }
+            }
+        }
     }
 
     /// Answers a request to [`StatusPage::owns`]'s paths.
@@ -153,6 +234,9 @@ impl StatusPage {
     ) -> Response<ResponseBody> {
         if let Some(refusal) = self.check_access(parts, remote) {
             return refusal;
+        }
+        if let Some(action) = parts.uri.path().strip_prefix(self.control_path.as_str()) {
+            return self.control(parts, action.trim_end_matches('/'));
         }
         if parts.method != Method::GET && parts.method != Method::HEAD {
             let mut response = text(

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
@@ -36,6 +35,18 @@ const DUMP_BEFORE_KILL: Duration = Duration::from_millis(500);
 
 /// The error type of streamed response bodies.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body the exchange streams to a worker as STDIN records: hyper's for the HTTP
+/// front door, the web server's STDIN records for the FastCGI front door.
+pub trait RequestBody:
+    Body<Data = Bytes, Error: std::fmt::Display + Send> + Send + Unpin + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: Body<Data = Bytes, Error: std::fmt::Display + Send> + Send + Unpin + 'static
+{
+}
 
 /// What the client learns when the exchange fails before the response head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,10 +142,10 @@ impl Body for ChannelBody {
 /// Starts the exchange on `lease` and returns once the response head is known.
 /// `records` already holds BEGIN_REQUEST and PARAMS (and the empty STDIN when there is no
 /// body).
-pub async fn start(
+pub async fn start<B: RequestBody>(
     lease: Lease,
     records: BytesMut,
-    body: Option<Incoming>,
+    body: Option<B>,
     meta: RequestMeta,
     limit: Option<Duration>,
     body_limit: Option<u64>,
@@ -179,10 +190,10 @@ enum WriteSide {
     Lost,
 }
 
-async fn drive(
+async fn drive<B: RequestBody>(
     mut lease: Lease,
     records: BytesMut,
-    body: Option<(Incoming, Option<u64>)>,
+    body: Option<(B, Option<u64>)>,
     meta: RequestMeta,
     limit: Option<Duration>,
     head_tx: oneshot::Sender<Result<CgiHead, Failure>>,
@@ -511,8 +522,8 @@ async fn fail(
 
 /// Streams the client's body to the worker as STDIN records, then the empty record;
 /// stops with [`PumpError::TooLarge`] before forwarding a byte past `limit`.
-async fn pump_stdin(
-    mut body: Incoming,
+async fn pump_stdin<B: RequestBody>(
+    mut body: B,
     limit: Option<u64>,
     mut write: OwnedWriteHalf,
     mut buf: BytesMut,
