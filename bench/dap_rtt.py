@@ -355,6 +355,9 @@ class Host:
              "--python", python],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.cwd,
             start_new_session=True)
+        if os.environ.get("BENCH_PGID_FILE"):
+            with open(os.environ["BENCH_PGID_FILE"], "a") as f:
+                f.write("%d\n" % self.proc.pid)
         self.debug_port = self._wait_debug_port()
 
     def _wait_debug_port(self):
@@ -422,7 +425,7 @@ def main():
         tunnel = Dap(WsTransport(stub.port, "/ptvsd", SECRET))
         out["raw_ptvsd"] = blast_throughput(tunnel, total, 3)
         out["raw_rtt_ptvsd"] = summarize(ping_rtt(tunnel, args.rounds))
-        tunnel.close() if hasattr(tunnel, "close") else tunnel.t.close()
+        tunnel.t.close()
     finally:
         stub.stop()
 

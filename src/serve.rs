@@ -173,6 +173,7 @@ pub async fn check(loaded: Loaded) -> Result<(), Error> {
     let spec = worker_spec(&config, runtime.worker_script());
     let socket = runtime.socket_path(0, 0);
     let mut spawned = process::spawn(&spec, 0, socket)
+        .await
         .map_err(|e| Error::Spawn(format!("{}: {e}", config.python)))?;
     let outcome = tokio::time::timeout(config.startup_timeout, async {
         loop {
@@ -277,14 +278,14 @@ fn worker_spec(config: &Config, worker_script: &Path) -> WorkerSpec {
             speaks_control: false,
         },
         _ => {
-            let mut args: Vec<OsString> = Vec::new();
+            let (program, mut args) = process::interpreter(&config.python);
             if config.debug_enabled() {
                 args.push("-X".into());
                 args.push("frozen_modules=off".into());
             }
             args.push(worker_script.into());
             WorkerSpec {
-                program: config.python.clone().into(),
+                program,
                 args,
                 env,
                 cwd: config.app_dir.clone(),
@@ -297,7 +298,9 @@ fn worker_spec(config: &Config, worker_script: &Path) -> WorkerSpec {
 /// Fails start-up with the exact pip command when debug mode is on and the interpreter
 /// cannot import debugpy.
 async fn ensure_debugpy(python: &str) -> Result<(), Error> {
-    let output = tokio::process::Command::new(python)
+    let (program, args) = process::interpreter(python);
+    let output = tokio::process::Command::new(program)
+        .args(args)
         .args(["-c", "import debugpy"])
         .output()
         .await
@@ -356,24 +359,34 @@ impl OperatorSignals {
     }
 }
 
-/// Ctrl-C (and Ctrl-Break) where there are no Unix signals.
-#[cfg(not(unix))]
-struct OperatorSignals;
+/// Ctrl-C and Ctrl-Break, where there are no Unix signals (Windows); registered before
+/// the host says it is listening, like the Unix ones.
+#[cfg(windows)]
+struct OperatorSignals {
+    ctrl_c: tokio::signal::windows::CtrlC,
+    ctrl_break: tokio::signal::windows::CtrlBreak,
+}
 
-#[cfg(not(unix))]
+#[cfg(windows)]
 impl OperatorSignals {
     fn register() -> std::io::Result<Self> {
-        Ok(Self)
+        Ok(Self {
+            ctrl_c: tokio::signal::windows::ctrl_c()?,
+            ctrl_break: tokio::signal::windows::ctrl_break()?,
+        })
     }
 
+    /// Waits for Ctrl-C or Ctrl-Break (returned); both drain and stop like SIGTERM.
     async fn run_until_shutdown(
         &mut self,
         _pool: &Pool,
         _cli: &CliOverrides,
         _script: &Path,
     ) -> &'static str {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+        tokio::select! {
+            _ = self.ctrl_c.recv() => "Ctrl-C",
+            _ = self.ctrl_break.recv() => "Ctrl-Break",
+        }
     }
 }
 

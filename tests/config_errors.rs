@@ -1,6 +1,8 @@
 //! Configuration (issue 2): bad config files, environment overrides and flags exit with code 2
 //! and a message naming file:line:key; `fcgihost check` prints the effective config with the
 //! source of each value and imports the app once; env overrides config, flags override env.
+// Unix only: tests/common drives the binary with Unix signals and reads /proc.
+#![cfg(unix)]
 
 mod common;
 

@@ -6,6 +6,8 @@
 //! debug mode off, debugpy missing, `debug.max_pause` and `debug.wait_for_attach`.
 //!
 //! The app is tests/apps/debugapp/debugapp.py; breakpoints go on its `# BP:<name>` lines.
+// Unix only: tests/common drives the binary with Unix signals and reads /proc.
+#![cfg(unix)]
 
 mod common;
 

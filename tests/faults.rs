@@ -8,6 +8,8 @@
 //!
 //! Apps: tests/apps/plain (fast routes, uploads, downloads) and tests/apps/faults (views that
 //! misbehave, and `garbage_worker.py`, a `worker.command` that answers garbage).
+// Unix only: tests/common drives the binary with Unix signals and reads /proc.
+#![cfg(unix)]
 
 mod common;
 
@@ -706,8 +708,11 @@ fn a_client_vanishing_mid_download_does_not_leave_the_worker_blocked() {
     );
     assert_eq!(r.text().trim().parse::<u32>().unwrap(), before_pid);
     // The abandoned download was cut short, not streamed to the end into the void.
-    let log = host.wait_for_log("path=/download", T);
-    let line = log.lines().find(|l| l.contains("path=/download")).unwrap();
+    let log = host.wait_for_log("path=\"/download\"", T);
+    let line = log
+        .lines()
+        .find(|l| l.contains("path=\"/download\""))
+        .unwrap();
     let bytes: u64 = line
         .split_whitespace()
         .find_map(|f| f.strip_prefix("bytes="))
@@ -864,4 +869,36 @@ fn the_runtime_dir_is_private_while_running_and_removed_at_exit() {
         workers.iter().all(|p| !pid_alive(*p)),
         "workers outlived the host: {workers:?}"
     );
+}
+
+#[test]
+fn a_request_queued_behind_a_timed_out_request_is_served_by_the_replacement() {
+    // Regression: the host killed the timed-out worker and then reconnected to its socket
+    // while it was still dying, handing the queued request a connection into a dead
+    // worker's backlog: 502 for a request that never reached a worker.
+    let host = Host::start(faultapp(1).arg("--request-timeout").arg("2s"));
+    let before_pid = pid_of(&host);
+    for path in ["/stuck", "/stuck-read"] {
+        let url = host.url(path);
+        let stuck = thread::spawn(move || get(&url));
+        host.wait_for_log_count(&format!("path=\"{path}\""), 0, T);
+        thread::sleep(Duration::from_millis(500)); // let the stuck request take the worker
+        let queued: Vec<_> = (0..3)
+            .map(|_| {
+                let url = host.url("/pid");
+                thread::spawn(move || get(&url))
+            })
+            .collect();
+        assert_eq!(stuck.join().unwrap().status, 504);
+        for q in queued {
+            let r = q.join().unwrap();
+            assert_eq!(
+                r.status,
+                200,
+                "{path}: a queued request failed: {}",
+                r.text()
+            );
+            assert_ne!(r.text().trim().parse::<u32>().unwrap(), before_pid);
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! and the Django project in tests/apps/djangoproj, both installed into .venv-test by
 //! scripts/test. Each serves forms, cookies, redirects and JSON the way a browser or an API
 //! client would use them.
+// Unix only: tests/common drives the binary with Unix signals and reads /proc.
+#![cfg(unix)]
 
 mod common;
 

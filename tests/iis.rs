@@ -3,6 +3,8 @@
 //! schema and XDT define, with a fresh secret each time; `fcgihost migrate` turns the wfastcgi
 //! web.config of tests/fixtures into the fcgihost one, keeping every appSetting; and a
 //! `web-config --debug` file's secret opens `/ptvsd` of a `fcgihost serve` that reads it.
+// Unix only: tests/common drives the binary with Unix signals and reads /proc.
+#![cfg(unix)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! `max_worker_rss` and `max_worker_lifetime`, SIGHUP reload and SIGTTIN/SIGTTOU. Every
 //! replacement is graceful — the new worker starts before the old one leaves, and no
 //! request is refused or cut.
+// Unix only: tests/common drives the binary with Unix signals and reads /proc.
+#![cfg(unix)]
 
 mod common;
 

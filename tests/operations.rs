@@ -4,6 +4,8 @@
 //! debugger), the limits against hostile clients over raw sockets (431, 413, slowloris,
 //! idle keep-alive, the connection cap) with the server serving others meanwhile, and the
 //! JSON and gunicorn-style access-log formats.
+// Unix only: tests/common drives the binary with Unix signals and reads /proc.
+#![cfg(unix)]
 
 mod common;
 

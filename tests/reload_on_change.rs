@@ -1,6 +1,8 @@
 //! File-change restart (issue 4): editing a `.py` file of a running app replaces the
 //! workers one by one while clients keep coming — every request succeeds and responses
 //! switch to the new code; a syntax error in the new code leaves the old workers serving.
+// Unix only: tests/common drives the binary with Unix signals and reads /proc.
+#![cfg(unix)]
 
 mod common;
 

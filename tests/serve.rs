@@ -3,6 +3,8 @@
 //! WSGI surface (echo, bodies both ways, streaming, write(), errors, crashes), the same
 //! requests through wsgiref.validate, pool behaviour (concurrency, queue overflow, import
 //! errors, memory bounds) and signals (SIGTERM/SIGINT drain, SIGKILL leaves no worker).
+// Unix only: tests/common drives the binary with Unix signals and reads /proc.
+#![cfg(unix)]
 
 mod common;
 

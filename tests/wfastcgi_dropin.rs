@@ -3,6 +3,8 @@
 //! configuration — `WSGI_HANDLER`, `PYTHONPATH` with `%VAR%`, `SCRIPT_NAME`, `WSGI_LOG`,
 //! other appSettings in the app's environment, and a warning for settings that no longer
 //! apply.
+// Unix only: tests/common drives the binary with Unix signals and reads /proc.
+#![cfg(unix)]
 
 mod common;
 

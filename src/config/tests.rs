@@ -1089,3 +1089,92 @@ fn words_and_expansion_and_suggestions() {
     assert_eq!(parse_script_name("/"), Ok(String::new()));
     assert_eq!(parse_script_name("a/b/"), Ok("/a/b".to_string()));
 }
+
+#[test]
+fn fastcgi_listen_and_trusted_proxies_layers() {
+    let dir = TempDir::new();
+    let l = load_in(&dir, &CliOverrides::default(), &[]);
+    assert_eq!(l.config.fastcgi_listen, None);
+    assert_eq!(l.config.trusted_proxies, TrustedProxies::loopback());
+    assert!(!l.config.listen_configured);
+    assert_eq!(source_of(&l, "trusted_proxies"), &Source::Default);
+
+    dir.write(
+        "fcgihost.toml",
+        "fastcgi_listen = \"run/fcgi.sock\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nlisten = 8001\n",
+    );
+    let l = load_in(&dir, &CliOverrides::default(), &[]);
+    assert_eq!(
+        l.config.fastcgi_listen,
+        Some(FastcgiListen::Unix(dir.path().join("run/fcgi.sock")))
+    );
+    assert!(l
+        .config
+        .trusted_proxies
+        .contains("10.9.8.7".parse().unwrap()));
+    assert!(!l
+        .config
+        .trusted_proxies
+        .contains("127.0.0.1".parse().unwrap()));
+    assert!(l.config.listen_configured);
+
+    let l = load_in(
+        &dir,
+        &CliOverrides::default(),
+        &[
+            ("FCGIHOST_FASTCGI_LISTEN", "9001"),
+            ("FCGIHOST_TRUSTED_PROXIES", ""),
+        ],
+    );
+    assert_eq!(
+        l.config.fastcgi_listen,
+        Some(FastcgiListen::Tcp(addr("127.0.0.1:9001")))
+    );
+    assert!(l.config.trusted_proxies.is_empty());
+
+    let cli = CliOverrides {
+        fastcgi_listen: Some("unix:/tmp/x.sock".into()),
+        ..CliOverrides::default()
+    };
+    let l = load_in(&dir, &cli, &[("FCGIHOST_FASTCGI_LISTEN", "9001")]);
+    assert_eq!(
+        l.config.fastcgi_listen,
+        Some(FastcgiListen::Unix(PathBuf::from("/tmp/x.sock")))
+    );
+    assert_eq!(source_of(&l, "fastcgi_listen"), &Source::Cli);
+    let cli = CliOverrides {
+        fastcgi_listen: Some(String::new()),
+        ..CliOverrides::default()
+    };
+    assert_eq!(load_in(&dir, &cli, &[]).config.fastcgi_listen, None);
+}
+
+#[test]
+fn fastcgi_listen_and_trusted_proxies_errors() {
+    let dir = TempDir::new();
+    dir.write("fcgihost.toml", "trusted_proxies = [\"10.0.0.0/33\"]\n");
+    let err = load_err(&dir, &CliOverrides::default(), &[]);
+    assert!(
+        err.starts_with("fcgihost.toml:1: key `trusted_proxies`: invalid address or CIDR block"),
+        "{err}"
+    );
+    dir.write("fcgihost.toml", "fastcgi_listen = \"nowhere\"\n");
+    let err = load_err(&dir, &CliOverrides::default(), &[]);
+    assert!(
+        err.starts_with("fcgihost.toml:1: key `fastcgi_listen`: invalid FastCGI address"),
+        "{err}"
+    );
+    dir.write("fcgihost.toml", "fastcgi_lisen = \"9001\"\n");
+    let err = load_err(&dir, &CliOverrides::default(), &[]);
+    assert!(err.contains("did you mean `fastcgi_listen`?"), "{err}");
+    std::fs::remove_file(dir.path().join("fcgihost.toml")).unwrap();
+    let err = load_err(
+        &dir,
+        &CliOverrides::default(),
+        &[("FCGIHOST_TRUSTED_PROXIES", "10.0.0.1, proxy.example")],
+    );
+    assert!(
+        err.starts_with("environment variable FCGIHOST_TRUSTED_PROXIES: invalid address"),
+        "{err}"
+    );
+}

@@ -762,11 +762,16 @@ where
                 }
                 Ok(None) => break,
                 Err(FcgiError::UnknownRecordType(kind)) => {
-                    // The header is complete (the decoder checked the type after it).
-                    let id = u16::from_be_bytes([buf[2], buf[3]]);
+                    // The decoder reports the type once the whole header is there.
+                    let Some(&[_, _, id_hi, id_lo, len_hi, len_lo, padding, _]) =
+                        buf.get(..HEADER_LEN)
+                    else {
+                        break 'conn;
+                    };
+                    let id = u16::from_be_bytes([id_hi, id_lo]);
                     let total = HEADER_LEN
-                        + usize::from(u16::from_be_bytes([buf[4], buf[5]]))
-                        + usize::from(buf[6]);
+                        + usize::from(u16::from_be_bytes([len_hi, len_lo]))
+                        + usize::from(padding);
                     if buf.len() < total {
                         buf.reserve(total - buf.len());
                         break;

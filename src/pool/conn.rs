@@ -1,17 +1,15 @@
 //! One keep-alive FastCGI connection from the host to a worker: the socket halves and the
 //! buffers reused across requests, so a request costs no allocation for its framing.
 
-use std::path::Path;
-
 use bytes::BytesMut;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
+
+use super::transport::{ReadHalf, WorkerAddr, WriteHalf};
 
 /// A connection to a worker's socket, reused request after request.
 #[derive(Debug)]
 pub struct WorkerConn {
-    pub read: OwnedReadHalf,
-    pub write: OwnedWriteHalf,
+    pub read: ReadHalf,
+    pub write: WriteHalf,
     /// Bytes read from the worker not yet decoded.
     pub read_buf: BytesMut,
     /// Records being assembled for the worker.
@@ -19,12 +17,10 @@ pub struct WorkerConn {
 }
 
 impl WorkerConn {
-    /// Connects to a worker's listening socket. The socket already listens when the worker
-    /// is spawned, so this succeeds at once even while the app is still importing.
-    pub fn connect(path: &Path) -> std::io::Result<Self> {
-        let std_stream = std::os::unix::net::UnixStream::connect(path)?;
-        std_stream.set_nonblocking(true)?;
-        let (read, write) = UnixStream::from_std(std_stream)?.into_split();
+    /// Connects to a worker's FastCGI listener. It already listens when the worker is in
+    /// service, so this succeeds at once even while the app is still importing.
+    pub fn connect(addr: &WorkerAddr) -> std::io::Result<Self> {
+        let (read, write) = addr.connect()?;
         Ok(Self {
             read,
             write,

@@ -1,13 +1,16 @@
-//! The host's end of one worker's control channel (fd 3 of the shipped worker), shared by
-//! the supervisor (which reads the worker's events and logs them) and the requests and pages
-//! that want the worker's Python stacks: the slow-request log (`slow_request_threshold`),
-//! the dump right before a timeout kill, and [`super::Pool::dump_stacks`].
+//! The host's end of one worker's control channel (fd 3 of the shipped worker; a loopback
+//! connection on Windows), shared by the supervisor (which reads the worker's events and
+//! logs them) and the requests and pages that want the worker's Python stacks: the
+//! slow-request log (`slow_request_threshold`), the dump right before a timeout kill, and
+//! [`super::Pool::dump_stacks`]. On Windows it also carries the `stop` command that stands
+//! in for SIGTERM ([`super::process::terminate`]).
 
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{Mutex, Notify};
+
+use super::transport::WriteHalf;
 
 /// The command line that asks the shipped worker for every thread's Python stack.
 const DUMP_STACKS: &[u8] = b"{\"cmd\":\"dump_stacks\"}\n";
@@ -22,14 +25,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// stuck without owning the channel, which the supervisor keeps for the worker's lifetime.
 #[derive(Debug)]
 pub struct Control {
-    write: Mutex<OwnedWriteHalf>,
+    write: Mutex<WriteHalf>,
     /// Signalled by the supervisor each time it has logged a `stacks` event of this worker.
     logged: Notify,
 }
 
 impl Control {
     /// Wraps the host's write half of a worker's control channel.
-    pub fn new(write: OwnedWriteHalf) -> Self {
+    pub fn new(write: WriteHalf) -> Self {
         Self {
             write: Mutex::new(write),
             logged: Notify::new(),
@@ -39,9 +42,15 @@ impl Control {
     /// Asks the worker for its stacks; the supervisor logs the answer as
     /// "Python stacks of the worker". Returns false when the command could not be sent.
     pub async fn request_stacks(&self) -> bool {
+        self.send(DUMP_STACKS).await
+    }
+
+    /// Writes one command line (JSON and '\n'). Returns false when it could not be
+    /// written within [`WRITE_TIMEOUT`].
+    pub async fn send(&self, line: &[u8]) -> bool {
         let send = async {
             let mut write = self.write.lock().await;
-            write.write_all(DUMP_STACKS).await?;
+            write.write_all(line).await?;
             write.flush().await
         };
         matches!(tokio::time::timeout(WRITE_TIMEOUT, send).await, Ok(Ok(())))

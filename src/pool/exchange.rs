@@ -17,10 +17,9 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
-use super::process;
+use super::transport::WriteHalf as OwnedWriteHalf;
 use super::Lease;
 use crate::deadline::RequestClock;
 use crate::front::access_log::{AccessLog, Outcome as LogOutcome};
@@ -442,6 +441,7 @@ async fn drive<B: RequestBody>(
         Outcome::WorkerLost(reason) => {
             if !client_gone {
                 tracing::warn!(worker, pid, request_id, reason, "worker lost mid-request");
+                lease.kill_worker();
             }
             fail(&mut head_tx, &body_tx, Failure::BadGateway, &mut status).await;
         }
@@ -453,7 +453,7 @@ async fn drive<B: RequestBody>(
                 reason,
                 "worker broke the FastCGI protocol; restarting it"
             );
-            process::signal(pid, libc::SIGKILL);
+            lease.kill_worker();
             fail(&mut head_tx, &body_tx, Failure::BadGateway, &mut status).await;
         }
         Outcome::TimedOut => {
@@ -479,7 +479,7 @@ async fn drive<B: RequestBody>(
                     );
                 }
             }
-            process::signal(pid, libc::SIGKILL);
+            lease.kill_worker();
             fail(&mut head_tx, &body_tx, Failure::Timeout, &mut status).await;
         }
         Outcome::BodyTooLarge => {

@@ -9,6 +9,7 @@ pub mod exchange;
 pub mod process;
 pub mod runtime;
 pub mod supervisor;
+pub mod transport;
 pub mod watcher;
 
 use std::collections::VecDeque;
@@ -21,8 +22,10 @@ use tokio::sync::{oneshot, watch, Notify};
 use crate::deadline::RequestClock;
 use conn::WorkerConn;
 use control::Control;
+pub use process::resident_bytes;
 use process::WorkerSpec;
 use runtime::RuntimeDir;
+use transport::WorkerAddr;
 
 /// Pool-wide settings; replaced as a whole on reload (SIGHUP).
 #[derive(Debug, Clone)]
@@ -142,7 +145,8 @@ pub struct WorkerState {
     /// Requests served by the current process, and the count at which it is recycled.
     served: u64,
     recycle_after: u64,
-    socket_path: Option<std::path::PathBuf>,
+    /// Where its FastCGI connections go (None while no worker is in service).
+    addr: Option<WorkerAddr>,
 }
 
 /// A read-only copy of a worker's state for pages and logs.
@@ -305,7 +309,7 @@ impl Pool {
                 current: None,
                 generation: 0,
                 conn: None,
-                socket_path: None,
+                addr: None,
                 signals: SlotSignals::new(),
                 supervised: true,
                 retiring: false,
@@ -413,6 +417,7 @@ impl Pool {
             pid: grant.pid,
             conn: Some(grant.conn),
             reusable: false,
+            killed: false,
         }
     }
 
@@ -466,7 +471,7 @@ impl Pool {
                     current: None,
                     generation: 0,
                     conn: None,
-                    socket_path: None,
+                    addr: None,
                     signals: SlotSignals::new(),
                     supervised: false,
                     retiring: false,
@@ -608,7 +613,7 @@ impl Pool {
     }
 
     /// Stops accepting requests, waits up to `grace` for busy workers to finish, then
-    /// stops every worker (SIGTERM, then SIGKILL).
+    /// stops every worker ([`process::terminate`], then [`process::kill`]).
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         {
@@ -636,49 +641,31 @@ impl Pool {
                 break;
             }
         }
-        let pids: Vec<u32> = {
+        let targets: Vec<(u32, Option<Arc<Control>>)> = {
             let mut state = self.shared.lock();
             state
                 .workers
                 .iter_mut()
                 .filter_map(|w| {
                     w.conn = None;
-                    w.pid
+                    w.pid.map(|pid| (pid, w.signals.control(w.generation)))
                 })
                 .collect()
         };
+        let pids: Vec<u32> = targets.iter().map(|(pid, _)| *pid).collect();
         self.shared.wake.notify_waiters();
-        for pid in &pids {
-            process::signal(*pid, libc::SIGTERM);
+        for (pid, control) in targets {
+            process::terminate(pid, control.as_deref()).await;
         }
         let stop_deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < stop_deadline && pids.iter().any(|p| process_alive(*p)) {
+        while Instant::now() < stop_deadline && pids.iter().any(|p| process::alive(*p)) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for pid in &pids {
-            if process_alive(*pid) {
-                process::signal(*pid, libc::SIGKILL);
+            if process::alive(*pid) {
+                process::kill(*pid);
             }
         }
-    }
-}
-
-/// Resident memory of a process (Linux: /proc/<pid>/statm); None where unknown.
-pub fn resident_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).unwrap_or(4096))
-}
-
-/// True while a process with this pid exists and is not a zombie of ours.
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
     }
 }
 
@@ -807,6 +794,9 @@ pub struct Lease {
     pid: u32,
     conn: Option<WorkerConn>,
     reusable: bool,
+    /// The worker was killed (or broke its connection): no new connection is opened to it;
+    /// its supervisor respawns it.
+    killed: bool,
 }
 
 impl Lease {
@@ -831,6 +821,13 @@ impl Lease {
     pub fn restore_conn(&mut self, conn: WorkerConn) {
         self.conn = Some(conn);
         self.reusable = true;
+    }
+
+    /// Kills the worker (timeout, protocol violation, or it dropped the connection
+    /// mid-request); its supervisor respawns it.
+    pub fn kill_worker(&mut self) {
+        self.killed = true;
+        process::kill(self.pid);
     }
 
     /// Follows the debugger's hold on this worker.
@@ -873,14 +870,17 @@ impl Drop for Lease {
             worker.retiring = true;
             worker.signals.recycle.notify_one();
         }
-        let conn = if self.reusable && conn.is_some() {
+        let conn = if self.killed {
+            // A dying process may still accept on its socket: never reconnect to it.
+            None
+        } else if self.reusable && conn.is_some() {
             conn
         } else {
             drop(conn);
             worker
-                .socket_path
-                .as_deref()
-                .and_then(|path| WorkerConn::connect(path).ok())
+                .addr
+                .as_ref()
+                .and_then(|addr| WorkerConn::connect(addr).ok())
         };
         match conn {
             Some(conn) => {

@@ -1,7 +1,9 @@
-//! Starting one worker process: its private listening socket on fd 0 (the FastCGI
-//! standard's FCGI_LISTENSOCK_FILENO), the control channel on fd 3, its stdout/stderr
-//! captured into the log line by line, and the guarantees that it never outlives the host
-//! (the control channel's EOF, plus `PR_SET_PDEATHSIG` on Linux).
+//! Starting and stopping one worker process: its channels (through [`super::transport`]:
+//! the FastCGI listener and the control channel), its stdout/stderr captured into the log
+//! line by line, and the guarantees that it never outlives the host (the control channel's
+//! EOF; plus `PR_SET_PDEATHSIG` on Linux, a kill-on-close job object on Windows). Stopping
+//! is [`terminate`] (SIGTERM on Unix, the control command `stop` on Windows: the worker
+//! finishes its request and exits) and [`kill`] (SIGKILL, TerminateProcess).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -9,9 +11,11 @@ use std::process::Stdio;
 
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+
+use super::control::Control;
+use super::transport::{self, ControlRead, WorkerAddr, WriteHalf};
 
 /// How every worker of the pool is started (derived once from the config).
 #[derive(Debug, Clone)]
@@ -54,49 +58,37 @@ pub enum ControlEvent {
 pub struct Spawned {
     pub child: Child,
     pub pid: u32,
-    pub socket_path: PathBuf,
+    /// Where the host opens FastCGI connections to it.
+    pub addr: WorkerAddr,
     /// Control events from the worker (closed when the worker exits).
     pub events: mpsc::Receiver<ControlEvent>,
     /// The host's end for commands to the worker.
-    pub control: Option<tokio::net::unix::OwnedWriteHalf>,
+    pub control: Option<WriteHalf>,
 }
 
-/// Starts worker `id` (incarnation `generation`) listening on `socket_path`.
-pub fn spawn(spec: &WorkerSpec, id: usize, socket_path: PathBuf) -> std::io::Result<Spawned> {
-    let _ = std::fs::remove_file(&socket_path);
-    let listener = std::os::unix::net::UnixListener::bind(&socket_path)?;
-    let (host_end, worker_end) = std::os::unix::net::UnixStream::pair()?;
+/// Host environment variables that carry the debug secret. Workers do not inherit them:
+/// whatever runs there (the app, a crash reporter dumping `os.environ`, debugpy's adapter)
+/// would otherwise hold the key to the debugger.
+const SECRET_VARIABLES: [&str; 2] = ["WSGI_PTVSD_SECRET", "FCGIHOST_DEBUG_SECRET"];
 
+/// Starts worker `id`; on Unix its FastCGI socket is `socket_path` (on Windows the worker
+/// picks a loopback port and reports it, which this waits for).
+pub async fn spawn(spec: &WorkerSpec, id: usize, socket_path: PathBuf) -> std::io::Result<Spawned> {
     let mut cmd = Command::new(&spec.program);
+    for name in SECRET_VARIABLES {
+        cmd.env_remove(name);
+    }
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env("FCGIHOST_WORKER_ID", id.to_string())
-        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0);
-    if spec.speaks_control {
-        cmd.env("FCGIHOST_CONTROL_FD", "3");
-    }
-    let control_fd = std::os::fd::AsRawFd::as_raw_fd(&worker_end);
-    // SAFETY: the closure runs in the forked child before exec and only calls
-    // async-signal-safe functions (dup2, prctl, getppid).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(control_fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            #[cfg(target_os = "linux")]
-            {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            }
-            Ok(())
-        });
-    }
+        .kill_on_drop(true);
+    let pending = transport::prepare(&mut cmd, socket_path, spec.speaks_control)?;
+    contain(&mut cmd);
     let mut child = cmd.spawn()?;
-    drop(worker_end);
+    adopt(&child);
     let pid = child.id().unwrap_or(0);
 
     if let Some(out) = child.stdout.take() {
@@ -106,21 +98,22 @@ pub fn spawn(spec: &WorkerSpec, id: usize, socket_path: PathBuf) -> std::io::Res
         tokio::spawn(capture_lines(err, id, pid, "stderr"));
     }
 
-    host_end.set_nonblocking(true)?;
+    let established = pending.establish(&mut child).await?;
     let (events_tx, events) = mpsc::channel(16);
-    let control = if spec.speaks_control {
-        let stream = UnixStream::from_std(host_end)?;
-        let (read, write) = stream.into_split();
-        tokio::spawn(read_control(read, events_tx, id, pid));
-        Some(write)
-    } else {
-        drop(events_tx);
-        None
+    let control = match established.control {
+        Some((read, write)) => {
+            tokio::spawn(read_control(read, events_tx, id, pid));
+            Some(write)
+        }
+        None => {
+            drop(events_tx);
+            None
+        }
     };
     Ok(Spawned {
         child,
         pid,
-        socket_path,
+        addr: established.addr,
         events,
         control,
     })
@@ -177,12 +170,12 @@ async fn read_line_capped(
 
 /// Parses the worker's control messages (JSON lines) into events.
 async fn read_control(
-    read: tokio::net::unix::OwnedReadHalf,
+    read: ControlRead,
     events: mpsc::Sender<ControlEvent>,
     worker: usize,
     pid: u32,
 ) {
-    let mut lines = BufReader::new(read).lines();
+    let mut lines = read.lines();
     while let Ok(Some(line)) = lines.next_line().await {
         match serde_json::from_str::<ControlEvent>(&line) {
             Ok(event) => {
@@ -197,12 +190,248 @@ async fn read_control(
     }
 }
 
-/// Sends a signal to a worker process (no-op if it is already gone).
+/// Asks a worker to leave: SIGTERM on Unix (the shipped worker exits at once when idle,
+/// else right after its request); on Windows the control command `stop`, which means the
+/// same, or TerminateProcess for a worker without a control channel. `control` is the
+/// worker's channel when the caller has it (only Windows uses it).
+pub async fn terminate(pid: u32, control: Option<&Control>) {
+    #[cfg(unix)]
+    {
+        let _ = control;
+        signal(pid, libc::SIGTERM);
+    }
+    #[cfg(windows)]
+    {
+        const STOP: &[u8] = b"{\"cmd\":\"stop\"}\n";
+        let stopped = match control {
+            Some(control) => control.send(STOP).await,
+            None => false,
+        };
+        if !stopped {
+            kill(pid);
+        }
+    }
+}
+
+/// Kills a worker process at once (no-op if it is already gone).
+pub fn kill(pid: u32) {
+    #[cfg(unix)]
+    signal(pid, libc::SIGKILL);
+    #[cfg(windows)]
+    windows::kill(pid);
+}
+
+/// True while a process with this pid exists and has not exited (on Unix: is not a zombie
+/// of ours; read from /proc, so always false where there is none).
+pub fn alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
+    }
+    #[cfg(windows)]
+    {
+        windows::alive(pid)
+    }
+}
+
+/// Resident memory of a process (Linux: /proc/<pid>/statm; Windows: its working set);
+/// None where unknown.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        Some(pages * u64::try_from(page).unwrap_or(4096))
+    }
+    #[cfg(windows)]
+    {
+        windows::resident_bytes(pid)
+    }
+}
+
+/// The interpreter command for a configured `python`: itself, except on Windows where a
+/// bare `python`/`python3` that is not on PATH falls back to the launcher, `py -3`, when
+/// that is installed.
+pub fn interpreter(python: &str) -> (OsString, Vec<OsString>) {
+    let name = python.to_ascii_lowercase();
+    let bare = matches!(name.trim_end_matches(".exe"), "python" | "python3");
+    if cfg!(windows) && bare && !on_path(python) && on_path("py") {
+        return ("py".into(), vec!["-3".into()]);
+    }
+    (python.into(), Vec::new())
+}
+
+/// True when `name` (or `name.exe`) is a file in a directory of PATH.
+fn on_path(name: &str) -> bool {
+    let exe = if name.to_ascii_lowercase().ends_with(".exe") {
+        name.to_owned()
+    } else {
+        format!("{name}.exe")
+    };
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join(&exe).is_file() || dir.join(name).is_file())
+    })
+}
+
+/// Keeps a worker out of the operator's reach: on Unix its own process group (a Ctrl-C
+/// at the terminal goes to the host only, which drains) and, on Linux, SIGKILL when the
+/// host dies; on Windows no console (no Ctrl-C/Ctrl-Break events) in a group of its own.
+fn contain(cmd: &mut Command) {
+    #[cfg(unix)]
+    {
+        cmd.process_group(0);
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl,
+        // which is async-signal-safe.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::System::Threading::{CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW};
+        cmd.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW);
+    }
+}
+
+/// Ties a started worker's life to the host's: on Windows it joins the host's job object,
+/// which kills it when the host exits however that happens (Unix: see [`contain`]).
+fn adopt(child: &Child) {
+    #[cfg(unix)]
+    let _ = child;
+    #[cfg(windows)]
+    windows::adopt(child);
+}
+
+/// Sends a signal to a worker process (no-op if it is already gone). Unix only: portable
+/// code uses [`terminate`] and [`kill`].
+#[cfg(unix)]
 pub fn signal(pid: u32, signal: i32) {
     if pid > 0 {
         // SAFETY: kill(2) with a pid we spawned; a stale pid at worst gets ESRCH.
         unsafe {
             libc::kill(pid as libc::pid_t, signal);
+        }
+    }
+}
+
+/// Process control through the Win32 API.
+#[cfg(windows)]
+mod windows {
+    use std::sync::OnceLock;
+
+    use tokio::process::Child;
+    use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, WAIT_TIMEOUT};
+    use windows_sys::Win32::System::JobObjects::{
+        AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation,
+        SetInformationJobObject, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
+        JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+    };
+    use windows_sys::Win32::System::ProcessStatus::{
+        K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS,
+    };
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, TerminateProcess, WaitForSingleObject, PROCESS_ACCESS_RIGHTS,
+        PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
+    };
+
+    /// An open process handle, closed on drop.
+    struct Process(HANDLE);
+
+    impl Process {
+        fn open(pid: u32, access: PROCESS_ACCESS_RIGHTS) -> Option<Self> {
+            if pid == 0 {
+                return None;
+            }
+            // SAFETY: OpenProcess has no preconditions; a null result means failure.
+            let handle = unsafe { OpenProcess(access, 0, pid) };
+            (!handle.is_null()).then_some(Self(handle))
+        }
+    }
+
+    impl Drop for Process {
+        fn drop(&mut self) {
+            // SAFETY: the handle came from OpenProcess and is closed exactly once.
+            unsafe { CloseHandle(self.0) };
+        }
+    }
+
+    pub fn kill(pid: u32) {
+        if let Some(process) = Process::open(pid, PROCESS_TERMINATE) {
+            // SAFETY: a valid handle with PROCESS_TERMINATE access.
+            unsafe { TerminateProcess(process.0, 1) };
+        }
+    }
+
+    pub fn alive(pid: u32) -> bool {
+        Process::open(pid, PROCESS_SYNCHRONIZE).is_some_and(|process| {
+            // SAFETY: a valid handle with SYNCHRONIZE access; a zero timeout only polls.
+            unsafe { WaitForSingleObject(process.0, 0) == WAIT_TIMEOUT }
+        })
+    }
+
+    pub fn resident_bytes(pid: u32) -> Option<u64> {
+        let process = Process::open(pid, PROCESS_QUERY_LIMITED_INFORMATION)?;
+        let mut counters = PROCESS_MEMORY_COUNTERS {
+            cb: std::mem::size_of::<PROCESS_MEMORY_COUNTERS>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: a valid handle with query access, and a counters struct of the size given.
+        let ok = unsafe { K32GetProcessMemoryInfo(process.0, &mut counters, counters.cb) };
+        (ok != 0).then(|| counters.WorkingSetSize as u64)
+    }
+
+    /// The host's job object (kill on close), made on first use; its handle is never
+    /// closed, so the system closes it when the host exits and the workers go with it.
+    fn job() -> Option<HANDLE> {
+        static JOB: OnceLock<Option<usize>> = OnceLock::new();
+        let job = JOB.get_or_init(|| {
+            // SAFETY: no security attributes, no name: a fresh anonymous job object.
+            let job = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+            if job.is_null() {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "cannot create a job object; workers may outlive a killed host");
+                return None;
+            }
+            let mut info = JOBOBJECT_EXTENDED_LIMIT_INFORMATION::default();
+            info.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+            // SAFETY: a valid job handle and an info struct of the size given.
+            let ok = unsafe {
+                SetInformationJobObject(
+                    job,
+                    JobObjectExtendedLimitInformation,
+                    (&info as *const JOBOBJECT_EXTENDED_LIMIT_INFORMATION).cast(),
+                    std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
+                )
+            };
+            if ok == 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "cannot set up the job object; workers may outlive a killed host");
+                // SAFETY: the handle came from CreateJobObjectW and is not used again.
+                unsafe { CloseHandle(job) };
+                return None;
+            }
+            Some(job as usize)
+        });
+        job.map(|job| job as HANDLE)
+    }
+
+    pub fn adopt(child: &Child) {
+        let (Some(job), Some(handle)) = (job(), child.raw_handle()) else {
+            return;
+        };
+        // SAFETY: both handles are valid: the job lives as long as the host, and the
+        // child's handle as long as `child`.
+        if unsafe { AssignProcessToJobObject(job, handle as HANDLE) } == 0 {
+            tracing::warn!(pid = child.id(), error = %std::io::Error::last_os_error(), "cannot put the worker in the host's job object; it may outlive a killed host");
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The host's private runtime directory: mode 0700, holds the embedded worker script and
-//! one listening socket per worker, and is removed when the host exits.
+//! The host's private runtime directory: mode 0700 (on Unix), holds the embedded worker
+//! script and, on Unix, one listening socket per worker; removed when the host exits.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +28,7 @@ impl RuntimeDir {
             path: path.clone(),
             source,
         };
+        #[cfg_attr(not(unix), allow(unused_mut))]
         let mut builder = std::fs::DirBuilder::new();
         #[cfg(unix)]
         {
@@ -54,7 +55,8 @@ impl RuntimeDir {
     }
 
     /// The socket path for one incarnation of one worker (a fresh path per spawn, so a
-    /// late connection can never reach the wrong process).
+    /// late connection can never reach the wrong process). Unused on Windows, where
+    /// workers listen on loopback ports.
     pub fn socket_path(&self, worker: usize, generation: u64) -> PathBuf {
         self.path.join(format!("w{worker}-{generation}.sock"))
     }

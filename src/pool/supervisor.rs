@@ -10,7 +10,6 @@
 //! App load failures are counted pool-wide; at `rapid_fails_per_minute` respawning stops
 //! (as IIS does) until the app changes or the host restarts.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,7 @@ use tokio::sync::mpsc;
 use super::conn::WorkerConn;
 use super::control::Control;
 use super::process::{self, ControlEvent, Spawned};
+use super::transport::WorkerAddr;
 use super::{AppFailure, Phase, Refusal, Shared};
 
 /// Shortest and longest wait before respawning a worker that failed.
@@ -33,7 +33,7 @@ const RETIRE_GRACE: Duration = Duration::from_secs(30);
 struct Running {
     child: Child,
     pid: u32,
-    socket_path: PathBuf,
+    addr: WorkerAddr,
     events: mpsc::Receiver<ControlEvent>,
     /// The control channel (stack dumps); the only strong reference, so it dies with this.
     control: Option<Arc<Control>>,
@@ -107,7 +107,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
             }
         };
         if !install(&shared, id, &running) {
-            stop_child(&mut running.child, running.pid).await;
+            stop_child(&mut running.child, running.pid, running.control.as_deref()).await;
             failures_in_row += 1;
             continue;
         }
@@ -153,7 +153,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
                 }
             }
         };
-        let _ = std::fs::remove_file(&running.socket_path);
+        running.addr.release();
         let closing = {
             let mut state = shared.lock();
             let worker = &mut state.workers[id];
@@ -161,7 +161,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
                 worker.pid = None;
                 worker.conn = None;
                 worker.debug_port = None;
-                worker.socket_path = None;
+                worker.addr = None;
                 worker.phase = Phase::Starting;
             }
             worker.respawns += 1;
@@ -195,7 +195,7 @@ async fn start_worker(shared: &Shared, id: usize) -> Start {
         state.next_generation
     };
     let socket_path = shared.runtime.socket_path(id, generation);
-    let spawned = match process::spawn(&shared.settings().spec, id, socket_path.clone()) {
+    let spawned = match process::spawn(&shared.settings().spec, id, socket_path).await {
         Ok(spawned) => spawned,
         Err(err) => {
             let program = shared
@@ -211,27 +211,28 @@ async fn start_worker(shared: &Shared, id: usize) -> Start {
     let Spawned {
         mut child,
         pid,
+        addr,
         mut events,
         control,
-        ..
     } = spawned;
     tracing::debug!(worker = id, pid, generation, "worker spawned");
     let started = Instant::now();
+    let control = control.map(|write| Arc::new(Control::new(write)));
     match wait_ready(shared, id, pid, &mut child, &mut events).await {
         Ok(debug_port) => Start::Ready(Box::new(Running {
             child,
             pid,
-            socket_path,
+            addr,
             events,
-            control: control.map(|write| Arc::new(Control::new(write))),
+            control,
             started,
             generation,
             recycle_failed: false,
         }))
         .with_debug_port(shared, id, debug_port),
         Err(outcome) => {
-            stop_child(&mut child, pid).await;
-            let _ = std::fs::remove_file(&socket_path);
+            stop_child(&mut child, pid, control.as_deref()).await;
+            addr.release();
             outcome
         }
     }
@@ -249,7 +250,7 @@ impl Start {
 
 /// Puts a ready worker in service: connects, publishes it, and hands it to a waiter.
 fn install(shared: &Shared, id: usize, running: &Running) -> bool {
-    let conn = match WorkerConn::connect(&running.socket_path) {
+    let conn = match WorkerConn::connect(&running.addr) {
         Ok(conn) => conn,
         Err(err) => {
             tracing::error!(worker = id, pid = running.pid, error = %err, "cannot connect to worker");
@@ -271,7 +272,7 @@ fn install(shared: &Shared, id: usize, running: &Running) -> bool {
         }
         worker.pid = Some(running.pid);
         worker.conn = Some(conn);
-        worker.socket_path = Some(running.socket_path.clone());
+        worker.addr = Some(running.addr.clone());
         worker.debug_port = debug_port;
         worker.phase = Phase::Idle;
         shared.serve_waiters(&mut state);
@@ -334,7 +335,7 @@ async fn replace(shared: &Arc<Shared>, id: usize, mut old: Running, why: Why) ->
     wait_not_busy(shared, id).await;
     if !install(shared, id, &new) {
         let mut new = new;
-        stop_child(&mut new.child, new.pid).await;
+        stop_child(&mut new.child, new.pid, new.control.as_deref()).await;
         let mut state = shared.lock();
         state.workers[id].retiring = false;
         shared.serve_waiters(&mut state);
@@ -346,8 +347,7 @@ async fn replace(shared: &Arc<Shared>, id: usize, mut old: Running, why: Why) ->
         new_pid = new.pid,
         "worker replaced"
     );
-    process::signal(old.pid, libc::SIGTERM);
-    let socket_path = old.socket_path.clone();
+    process::terminate(old.pid, old.control.as_deref()).await;
     tokio::spawn(async move {
         if tokio::time::timeout(RETIRE_GRACE, old.child.wait())
             .await
@@ -360,7 +360,7 @@ async fn replace(shared: &Arc<Shared>, id: usize, mut old: Running, why: Why) ->
             );
             let _ = old.child.kill().await;
         }
-        let _ = std::fs::remove_file(&socket_path);
+        old.addr.release();
     });
     new
 }
@@ -376,8 +376,8 @@ async fn wind_down(shared: &Shared, id: usize, running: &mut Running) -> bool {
         shared.serve_waiters(&mut state);
         return false;
     }
-    stop_child(&mut running.child, running.pid).await;
-    let _ = std::fs::remove_file(&running.socket_path);
+    stop_child(&mut running.child, running.pid, running.control.as_deref()).await;
+    running.addr.release();
     shared.signals(id).paused.send_replace(false);
     tracing::info!(
         worker = id,
@@ -524,9 +524,10 @@ async fn wait_or_wake(shared: &Shared, delay: Duration) -> bool {
     }
 }
 
-/// Ends a worker that is not in service: SIGTERM, then SIGKILL after a short grace.
-async fn stop_child(child: &mut Child, pid: u32) {
-    process::signal(pid, libc::SIGTERM);
+/// Ends a worker that is not in service: [`process::terminate`] (SIGTERM), then a kill
+/// after a short grace.
+async fn stop_child(child: &mut Child, pid: u32, control: Option<&Control>) {
+    process::terminate(pid, control).await;
     if tokio::time::timeout(Duration::from_secs(2), child.wait())
         .await
         .is_err()

@@ -12,9 +12,15 @@ Process interface
 * fd $FCGIHOST_CONTROL_FD (3) is a connected socket carrying JSON objects, one per line.
   Worker -> host: ``debug_listening`` {port}, ``ready`` {pid, app, python, version},
   ``app_error`` {traceback} (then exit 3), ``debugpy_missing`` {python, install} (then
-  exit 4), ``stacks`` {text}. Host -> worker: ``{"cmd": "dump_stacks"}``.
+  exit 4), ``stacks`` {text}. Host -> worker: ``{"cmd": "dump_stacks"}``, and
+  ``{"cmd": "stop"}``, which means what SIGTERM means (below; the Windows host sends it).
   EOF on this fd means the host is gone: a daemon thread then calls os._exit(1), so a
   worker is never orphaned. Without FCGIHOST_CONTROL_FD (run by hand) nothing is sent.
+* Windows (no descriptors to inherit), chosen by FCGIHOST_CONTROL_ADDR (``127.0.0.1:N``):
+  the worker connects there and sends FCGIHOST_CONTROL_TOKEN and a newline first; that
+  connection is the control channel. It binds its own listener on 127.0.0.1 (port 0)
+  and reports it as its first event, ``listening`` {port}. Every FastCGI connection must
+  start with the same token line, else it is closed unanswered. fd 0 is not used.
 * stdout and stderr are piped to the host, which logs them line by line; wsgi.errors is
   sys.stderr, and unhandled app errors are logged there with their traceback.
 * SIGINT is ignored (the host handles Ctrl-C and drains). SIGTERM: exit 0 at once when
@@ -27,9 +33,10 @@ Process interface
   (start debugpy before importing the app), FCGIHOST_WELCOME=1 (no app configured: serve
   the built-in welcome page), FCGIHOST_SHOW_TRACEBACKS=1 (tracebacks in 500 bodies for
   every client, not just loopback ones).
-* Exit status: 0 after SIGTERM, 1 when the host went away (control fd EOF), 2 when fd 0 is
-  not a listening socket, 3 when the app cannot be loaded, 4 when debugging was asked for
-  but debugpy is not installed.
+* Exit status: 0 after SIGTERM (or ``stop``), 1 when the host went away (control fd
+  EOF), 2 when fd 0 is not a listening socket (Windows: the host cannot be reached), 3
+  when the app cannot be loaded, 4 when debugging was asked for but debugpy is not
+  installed.
 
 FastCGI (responder role, one request at a time, no multiplexing)
 -----------------------------------------------------------------
@@ -63,6 +70,7 @@ line, body), an empty STDOUT and END_REQUEST. Details the host can rely on:
 * Padding is accepted on input; output records carry none.
 """
 
+import hmac
 import json
 import os
 import select
@@ -748,9 +756,10 @@ class Connection:
 class Worker:
     """Process-wide state: the app, the listening socket and the SIGTERM bookkeeping."""
 
-    def __init__(self, app, listener, show_tracebacks):
+    def __init__(self, app, listener, show_tracebacks, token=None):
         self.app = app
         self.listener = listener
+        self.token = token  # Windows: the line every FastCGI connection starts with
         self.show_tracebacks = show_tracebacks
         self.busy = False  # a request is being served
         self.stopping = False  # SIGTERM received
@@ -774,12 +783,21 @@ class Worker:
         if not self.busy:
             raise SystemExit(0)
 
+    def on_stop_command(self):
+        """The control command ``stop`` (SIGTERM's stand-in on Windows), on the control
+        thread: exit now if idle, else the main thread exits after the current request."""
+        self.stopping = True
+        if not self.busy:
+            _exit_gracefully(0)
+
     def run(self):
         """Accept connections from the host, one at a time, forever."""
         self.listener.setblocking(True)
         while True:
             sock, _ = self.listener.accept()
             try:
+                if self.token is not None and not _presents_token(sock, self.token):
+                    continue
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 Connection(sock, self).serve()
@@ -792,33 +810,44 @@ class Worker:
 
 
 class ControlChannel:
-    """The JSON-lines control socket shared with the host (FCGIHOST_CONTROL_FD).
+    """The JSON-lines control socket shared with the host (FCGIHOST_CONTROL_FD, or the
+    loopback connection to FCGIHOST_CONTROL_ADDR on Windows).
 
     Writes come from several threads and are serialised by a lock. A daemon thread reads
     commands; on EOF (the host is gone) it ends the process at once.
     """
 
-    def __init__(self, fd):
+    def __init__(self, fd, sock=None):
         self.fd = fd  # None when run by hand: send() does nothing
+        self.sock = sock  # the connected socket instead of fd (Windows)
         self._lock = threading.Lock()
+        # What ``stop`` does; the worker takes over once the app is loaded.
+        self.on_stop = lambda: _exit(0)
+
+    @property
+    def connected(self):
+        return self.fd is not None or self.sock is not None
 
     def send(self, event, **fields):
         """Send one event object as a JSON line."""
-        if self.fd is None:
+        if not self.connected:
             return
         fields["event"] = event
         data = (json.dumps(fields) + "\n").encode("utf-8")
         with self._lock:
             try:
-                while data:
-                    data = data[os.write(self.fd, data):]
+                if self.sock is not None:
+                    self.sock.sendall(data)
+                else:
+                    while data:
+                        data = data[os.write(self.fd, data):]
             except OSError:
                 pass  # the host is gone; the reader thread sees EOF and exits
 
     def start_reader(self):
         """Start the daemon thread that reads commands (hidden from debugpy, so that it
         keeps running while the debugger holds the app's threads)."""
-        if self.fd is None:
+        if not self.connected:
             return
         thread = threading.Thread(target=self._read_commands, name="fcgihost-control",
                                   daemon=True)
@@ -830,7 +859,10 @@ class ControlChannel:
         pending = b""
         while True:
             try:
-                chunk = os.read(self.fd, 65536)
+                if self.sock is not None:
+                    chunk = self.sock.recv(65536)
+                else:
+                    chunk = os.read(self.fd, 65536)
             except OSError:
                 chunk = b""
             if not chunk:
@@ -848,6 +880,8 @@ class ControlChannel:
             command = None
         if command == "dump_stacks":
             self.send("stacks", text=format_all_stacks())
+        elif command == "stop":
+            self.on_stop()
         else:
             sys.stderr.write("fcgihost worker: unknown control command %r\n" % (line[:200],))
 
@@ -993,6 +1027,46 @@ def _exit(code):
     os._exit(code)
 
 
+_exiting = threading.Lock()
+
+
+def _exit_gracefully(code):
+    """Run the app's atexit handlers, then end the process (no waiting for its threads).
+    Safe from any thread: the first caller wins, a second one blocks until the end."""
+    _exiting.acquire()
+    import atexit
+
+    atexit._run_exitfuncs()
+    _exit(code)
+
+
+def _connect_control(address, token):
+    """Windows: connect the control channel to the host's ``host:port`` and present the
+    token."""
+    host, _, port = address.rpartition(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(token.encode("utf-8") + b"\n")
+    return sock
+
+
+def _presents_token(sock, token):
+    """Windows: True when a new FastCGI connection starts with the token line (read
+    exactly, so the records behind it stay in the socket)."""
+    expected = token.encode("utf-8") + b"\n"
+    got = b""
+    try:
+        sock.settimeout(5)
+        while len(got) < len(expected):
+            chunk = sock.recv(len(expected) - len(got))
+            if not chunk:
+                return False
+            got += chunk
+        sock.settimeout(None)
+    except OSError:
+        return False
+    return hmac.compare_digest(got, expected)
+
+
 def _take_listener():
     """Wrap fd 0 (the listening socket) and point fd 0 at /dev/null instead."""
     listener = socket.socket(fileno=os.dup(0))
@@ -1011,17 +1085,32 @@ def main():
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
 
-    control_fd = env.get("FCGIHOST_CONTROL_FD")
-    control = ControlChannel(int(control_fd) if control_fd else None)
-    if control.fd is not None:
-        os.set_inheritable(control.fd, False)
-    control.start_reader()
+    control_addr = env.get("FCGIHOST_CONTROL_ADDR")
+    token = None
+    if control_addr:
+        # Windows: loopback TCP for both channels (see the module docstring).
+        token = env.get("FCGIHOST_CONTROL_TOKEN", "")
+        try:
+            control = ControlChannel(None, sock=_connect_control(control_addr, token))
+            listener = socket.create_server(("127.0.0.1", 0))
+        except (OSError, ValueError) as exc:
+            sys.stderr.write("fcgihost worker: cannot connect to the host at %s (%s)\n"
+                             % (control_addr, exc))
+            _exit(EXIT_BAD_INVOCATION)
+        control.send("listening", port=listener.getsockname()[1])
+        control.start_reader()
+    else:
+        control_fd = env.get("FCGIHOST_CONTROL_FD")
+        control = ControlChannel(int(control_fd) if control_fd else None)
+        if control.fd is not None:
+            os.set_inheritable(control.fd, False)
+        control.start_reader()
 
-    try:
-        listener = _take_listener()
-    except OSError as exc:
-        sys.stderr.write("fcgihost worker: fd 0 must be a listening socket (%s)\n" % exc)
-        _exit(EXIT_BAD_INVOCATION)
+        try:
+            listener = _take_listener()
+        except OSError as exc:
+            sys.stderr.write("fcgihost worker: fd 0 must be a listening socket (%s)\n" % exc)
+            _exit(EXIT_BAD_INVOCATION)
 
     spec = env.get("FCGIHOST_APP", "").strip()
     try:
@@ -1041,18 +1130,16 @@ def main():
         sys.stderr.write("fcgihost worker: cannot load app %r\n%s" % (spec, text))
         _exit(EXIT_APP_ERROR)
 
-    worker = Worker(app, listener, env.get("FCGIHOST_SHOW_TRACEBACKS") == "1")
+    worker = Worker(app, listener, env.get("FCGIHOST_SHOW_TRACEBACKS") == "1", token)
     signal.signal(signal.SIGTERM, worker.on_sigterm)
+    control.on_stop = worker.on_stop_command
     control.send("ready", pid=os.getpid(), app=spec, python=sys.executable,
                  version="%d.%d.%d" % sys.version_info[:3])
     try:
         worker.run()
     except SystemExit as exc:
-        # SIGTERM: run the app's atexit handlers, but do not wait for its threads.
-        import atexit
-
-        atexit._run_exitfuncs()
-        _exit(exc.code if isinstance(exc.code, int) else 0)
+        # SIGTERM or ``stop``: run the app's atexit handlers, but do not wait for its threads.
+        _exit_gracefully(exc.code if isinstance(exc.code, int) else 0)
 
 
 if __name__ == "__main__":

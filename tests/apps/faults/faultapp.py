@@ -12,7 +12,7 @@ misbehave the way real apps do. Routes (PATH_INFO):
   /flood?mb=N        writes N MiB of log lines, half to stdout and half to stderr (64 KiB
                      writes of 100-byte lines), then answers "flooded N"
   /env               JSON: which of the given ?names=A,B are in os.environ (values withheld)
-                     and whether ?value=V appears in any environment value
+                     and whether the X-Probe-Value header's value appears in any of them
 """
 
 import ctypes
@@ -71,7 +71,7 @@ def flood(environ, start_response):
 def env(environ, start_response):
     q = _query(environ)
     names = [n for n in q.get("names", "").split(",") if n]
-    value = q.get("value", "")
+    value = environ.get("HTTP_X_PROBE_VALUE", "")
     body = json.dumps({
         "present": [n for n in names if n in os.environ],
         "value_seen": bool(value) and any(value in v for v in os.environ.values()),
