@@ -96,7 +96,7 @@ def spawn(argv, log_path, cwd, env=None):
     return proc
 
 
-def stop(proc, grace=10.0):
+def stop(proc, grace=5.0):
     """SIGTERM the process group, then SIGKILL it if it lingers."""
     if proc.poll() is None:
         try:
@@ -330,6 +330,7 @@ class Uwsgi(Server):
 
 
 NGINX_CONF = """
+{user}
 worker_processes 2;
 daemon off;
 master_process on;
@@ -399,7 +400,9 @@ class NginxFlup(Server):
             time.sleep(0.1)
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=d, port=self.port))
+            # The workers must reach the 0700 sockets: same user as the master when root.
+            user = "user root;" if os.geteuid() == 0 else ""
+            f.write(NGINX_CONF.format(dir=d, port=self.port, user=user))
         self.procs.append(spawn(
             [shutil.which("nginx") or "/usr/sbin/nginx", "-p", d, "-c", conf, "-e",
              os.path.join(d, "nginx-error.log")],
@@ -435,13 +438,81 @@ def wrk(port, path, script, duration, log_file):
     return json.loads(m.group(1))
 
 
+ECHO_BODY = b"0123456789abcdef" * 65536  # 1 MiB, as bench/wrk/post_1mib.lua sends
+
+
+def one_request(conn, path):
+    if path == "/echo":
+        conn.request("POST", path, body=ECHO_BODY,
+                     headers={"Content-Type": "application/octet-stream"})
+    else:
+        conn.request("GET", path)
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def warm_up(port, path, seconds, concurrency=8):
+    """Complete requests for `seconds` on `concurrency` keep-alive connections. Unlike a wrk
+    run it never leaves a request cut off at the end (see docs/benchmarks.md: fcgihost stops
+    answering after clients vanish mid-request), so every server enters the measured run
+    warm and healthy. Returns (requests, non-200 answers or errors)."""
+    import http.client
+
+    deadline = time.monotonic() + seconds
+    counts = [0, 0]
+    lock = threading.Lock()
+
+    def loop():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        ok = bad = 0
+        while time.monotonic() < deadline:
+            try:
+                if one_request(conn, path) == 200:
+                    ok += 1
+                else:
+                    bad += 1
+            except (OSError, http.client.HTTPException):
+                bad += 1
+                conn.close()
+                time.sleep(0.05)
+        conn.close()
+        with lock:
+            counts[0] += ok
+            counts[1] += bad
+
+    threads = [threading.Thread(target=loop) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return counts[0], counts[1]
+
+
+def healthy(port, path, attempts=3, timeout=5.0):
+    """Does the server still answer a request on a fresh connection (it may first have to
+    drain what wrk left queued)?"""
+    import http.client
+
+    for _ in range(attempts):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            if one_request(conn, path) == 200:
+                return True
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+    return False
+
+
 def measure(server, workload, args, log_file):
     name, _, path, script = workload
     sampler = Sampler(server)
     sampler.samples.append(sampler.snapshot())  # before any load of this workload
     sampler.start()
     try:
-        wrk(server.port, path, script, args.warmup, log_file)
+        warm = warm_up(server.port, path, args.warmup)
         load_before = loadavg()
         cpu_before = cpu_snapshot(server)
         result = wrk(server.port, path, script, args.duration, log_file)
@@ -449,6 +520,7 @@ def measure(server, workload, args, log_file):
         load_after = loadavg()
     finally:
         sampler.finish()
+    alive_after = healthy(server.port, path)
     seconds = result["duration_us"] / 1e6
     requests = result["requests"]
     errors = (result["connect"] + result["read"] + result["write"] + result["status"]
@@ -483,6 +555,9 @@ def measure(server, workload, args, log_file):
         "load_before": load_before,
         "load_after": load_after,
         "samples": len(samples),
+        "warmup_requests": warm[0],
+        "warmup_errors": warm[1],
+        "healthy_after": alive_after,
     }
 
 
@@ -572,16 +647,17 @@ def markdown(meta, rows, dap, failures):
     lines = []
     w = lines.append
     w("Measured %s on %s (%d cores), Python %s, load average %s at the start and %s at the "
-      "end (1, 5, 15 min). wrk `-t1 -c32 -d%ds --latency` after a %d s warm-up; 2 workers "
-      "each. Every number below comes from this one run." % (
+      "end (1, 5, 15 min). Each server is started afresh for each workload with 2 workers, "
+      "warmed up for %d s (8 keep-alive connections, no request cut off), then loaded with wrk "
+      "`-t1 -c32 -d%ds --latency`. Every number below comes from this one run." % (
           meta["date"], meta["kernel"], meta["cores"], meta["python"],
           " / ".join("%.2f" % x for x in meta["load_start"]),
-          " / ".join("%.2f" % x for x in meta["load_end"]), meta["duration"], meta["warmup"]))
+          " / ".join("%.2f" % x for x in meta["load_end"]), meta["warmup"], meta["duration"]))
     w("")
     w("Versions: " + ", ".join("%s %s" % (k, v) for k, v in meta["versions"].items()) + ".")
     w("")
     w("| workload | server | req/s | p50 ms | p99 ms | errors | host RSS peak MiB "
-      "| all processes RSS peak MiB | target |")
+      "| all processes RSS peak MiB | targets, notes |")
     w("|---|---|--:|--:|--:|--:|--:|--:|---|")
     tg = targets(rows, dap)
     for name, _, _, _ in WORKLOADS:
@@ -599,6 +675,8 @@ def markdown(meta, rows, dap, failures):
                     if text.startswith(name + ":") and ok is not None:
                         marks.append("%s %s (%s)" % (check(ok), text.split(": ", 1)[1],
                                                      measured))
+            if not r.get("healthy_after", True):
+                marks.append("⚠️ stopped answering once wrk closed its connections")
             label = "**%s**" % LABELS[server] if server == "fcgihost" else LABELS[server]
             w("| %s | %s | %s | %s | %s | %d | %.1f | %.1f | %s |" % (
                 name, label, fmt_rps(r["rps"]), fmt_ms(r["p50_ms"]), fmt_ms(r["p99_ms"]),
@@ -823,34 +901,30 @@ def main():
                              "bench/.venv/uwsgi-build-failed)"})
     t0 = time.monotonic()
     try:
-        for module in ("plain", "flaskapp"):
-            mine = [wl for wl in workloads if wl[1] == module]
-            if not mine:
-                continue
+        for wl in workloads:
             for name in servers:
-                server = SERVER_CLASSES[name](module, workdir)
-                log("%s: starting (%s, port %d)" % (name, module, server.port))
+                server = SERVER_CLASSES[name](wl[1], workdir)
+                log("%s: starting (%s, port %d)" % (name, wl[1], server.port))
                 try:
                     server.start()
-                    server.wait_ready(mine[0][2])
-                    for wl in mine:
-                        if not server.alive():
-                            raise RuntimeError("%s exited; see %s" % (name, server.log_path))
-                        row = measure(server, wl, args, wrk_log)
-                        rows.append(row)
-                        log("%-10s %-15s %9s req/s  p50 %6s ms  p99 %6s ms  errors %d  "
-                            "host RSS %.1f MiB  host CPU %.1f µs/req" % (
-                                name, wl[0], fmt_rps(row["rps"]), fmt_ms(row["p50_ms"]),
-                                fmt_ms(row["p99_ms"]), row["errors"],
-                                mib(row["front_rss_peak"]), row["front_cpu_us_per_req"]))
+                    server.wait_ready(wl[2])
+                    row = measure(server, wl, args, wrk_log)
+                    rows.append(row)
+                    log("%-10s %-15s %9s req/s  p50 %6s ms  p99 %6s ms  errors %d  "
+                        "host RSS %.1f MiB  host CPU %.1f µs/req%s" % (
+                            name, wl[0], fmt_rps(row["rps"]), fmt_ms(row["p50_ms"]),
+                            fmt_ms(row["p99_ms"]), row["errors"],
+                            mib(row["front_rss_peak"]), row["front_cpu_us_per_req"],
+                            "" if row["healthy_after"] else "  NOT ANSWERING AFTER THE RUN"))
                 except Exception as exc:  # record and go on with the next server
                     log("%s failed: %s" % (name, exc))
-                    for wl in mine:
-                        if not find(rows, wl[0], name):
-                            failures.append({"server": name, "workload": wl[0],
-                                             "why": "failed: %s" % str(exc).splitlines()[0]})
+                    failures.append({"server": name, "workload": wl[0],
+                                     "why": "failed: %s" % str(exc).splitlines()[0]})
                 finally:
+                    t_stop = time.monotonic()
                     server.stop()
+                    if rows and rows[-1]["server"] == name and rows[-1]["workload"] == wl[0]:
+                        rows[-1]["stop_s"] = round(time.monotonic() - t_stop, 1)
         dap = None
         if not args.skip_dap:
             log("debug tunnel benchmark (%d round trips each way)" % args.dap_rounds)

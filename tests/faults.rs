@@ -136,18 +136,51 @@ impl Holdings {
     }
 }
 
+/// TCP connections on the host's port that are not closed yet on the host's side (any state
+/// but LISTEN and TIME_WAIT, which holds no descriptor), from /proc/net/tcp.
+fn open_client_connections(host: &Host) -> usize {
+    let port = format!(":{:04X}", host.addr().port());
+    fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&port) && f[3] != "0A" && f[3] != "06"
+        })
+        .count()
+}
+
+/// What the host holds once every client connection is gone (up to 15 s), for a baseline.
+fn quiet_holdings(host: &Host) -> (Holdings, BTreeMap<u32, String>) {
+    wait_until_every(Duration::from_secs(15), Duration::from_millis(20), || {
+        open_client_connections(host) == 0
+    });
+    (Holdings::of(host), fd_targets(host.pid()))
+}
+
 /// Waits (up to 15 s) until the host holds what it held in `before`, then asserts it.
 fn assert_no_leak(host: &Host, before: &Holdings, fds_before: &BTreeMap<u32, String>) {
     let mut now = Holdings::of(host);
     wait_until_every(Duration::from_secs(15), Duration::from_millis(50), || {
         now = Holdings::of(host);
-        now == *before
+        now == *before && open_client_connections(host) == 0
     });
+    let fds_now = fd_targets(host.pid());
+    let gone: Vec<_> = fds_before
+        .iter()
+        .filter(|(k, v)| fds_now.get(k) != Some(v))
+        .collect();
+    let new: Vec<_> = fds_now
+        .iter()
+        .filter(|(k, v)| fds_before.get(k) != Some(v))
+        .collect();
     assert_eq!(
         now,
         *before,
-        "the host leaked something.\nfds before: {fds_before:#?}\nfds now: {:#?}\nsockets now: {:?}",
-        fd_targets(host.pid()),
+        "the host leaked something.\nfds no longer open: {gone:?}\nfds opened since: {new:?}\n\
+         client connections still open: {}\nsockets now: {:?}",
+        open_client_connections(host),
         socket_files(host)
     );
 }
@@ -264,8 +297,7 @@ fn sigkill_a_worker_every_second_under_32_connections() {
     for _ in 0..20 {
         assert_eq!(get(&host.url("/pid")).status, 200);
     }
-    let fds_before = fd_targets(host.pid());
-    let before = Holdings::of(&host);
+    let (before, fds_before) = quiet_holdings(&host);
     assert_eq!(before.workers, 2, "{before:?}");
     assert_eq!(before.sockets, 2, "{:?}", socket_files(&host));
 
@@ -293,12 +325,13 @@ fn sigkill_a_worker_every_second_under_32_connections() {
         let Some(&victim) = live.iter().min_by_key(|p| start_ticks(**p)) else {
             panic!("no worker alive at kill {k}; pids: {live:?}");
         };
+        // Taken before the signal: this thread may lose the CPU right after sending it.
+        let at = Instant::now();
         // SAFETY: kill(2) has no memory-safety preconditions; the pid is a worker of ours.
         assert_eq!(
             unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) },
             0
         );
-        let at = Instant::now();
         let mut kill = Kill {
             at,
             victim,
@@ -320,6 +353,8 @@ fn sigkill_a_worker_every_second_under_32_connections() {
         }
         kills.push(kill);
     }
+    // The load runs on for a while after the last kill, so its replacement serves too.
+    thread::sleep(Duration::from_millis(1500));
     let load_time = t0.elapsed();
     stop.store(true, Ordering::Relaxed);
     let samples: Vec<Sample> = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
@@ -385,7 +420,9 @@ fn sigkill_a_worker_every_second_under_32_connections() {
             kills
                 .iter()
                 .any(|k| s.end >= k.at && s.end - k.at < Duration::from_secs(1)),
-            "a 502 that no kill explains: {s:?}"
+            "a 502 that no kill explains: it ended {:?} after the load started; kills at {:?}",
+            s.end - t0,
+            kills.iter().map(|k| k.at - t0).collect::<Vec<_>>()
         );
     }
     assert!(

@@ -11,7 +11,7 @@ use std::path::Path;
 use bytes::BytesMut;
 use fcgihost::gateway::fcgi::{
     put_abort_request, put_begin_request, put_end_request, put_get_values,
-    put_get_values_result, put_stream, put_unknown_type, ParamsWriter, ProtocolStatus,
+    put_get_values_result, put_name_value, put_stream, put_unknown_type, ParamsWriter, ProtocolStatus,
     RecordType, Role,
 };
 
@@ -146,6 +146,17 @@ fn fcgi_streams() {
         0, 0, 0, 0, 0, 0, 0,
     ];
     write("fcgi_records", "padded", padded);
+    // Bare name-value pairs, with bit 5 set: the target grows them past one record.
+    let mut pairs = vec![0x20];
+    for (n, v) in [
+        ("HTTP_COOKIE", "sessionid=xyz; csrftoken=abc"),
+        ("PATH_INFO", "/api/items/42"),
+        ("QUERY_STRING", ""),
+        ("HTTP_X_FORWARDED_FOR", "203.0.113.7, 10.0.0.1"),
+    ] {
+        put_name_value(&mut pairs, n.as_bytes(), v.as_bytes());
+    }
+    write("fcgi_records", "pairs-large", &pairs);
     // Not FastCGI at all: an HTTP request sent to the FastCGI port.
     write("fcgi_records", "http", b"\0GET / HTTP/1.1\r\nHost: x\r\n\r\n");
 }
@@ -252,6 +263,13 @@ fn dap_sessions() {
     out.extend_from_slice(&u16::try_from(extra.len()).expect("small").to_be_bytes());
     out.extend_from_slice(extra.as_bytes());
     write("dap_monitor", "noise", &out);
+
+    // 4000 bytes without a header end, sent 64 times: the framer must resynchronise and not
+    // buffer the 256 KB (the memory check catches a framer that does).
+    let mut out = vec![1 | 2 | (3 << 2) | (10 << 4)];
+    out.extend_from_slice(&4000u16.to_be_bytes());
+    out.extend(b"Content-Type: x\r\n".iter().cycle().take(4000));
+    write("dap_monitor", "long-garbage", &out);
 }
 
 fn configs() {

@@ -4,8 +4,9 @@
 //! decodes; and the round trip of every record back through the `put_*` encoders.
 //!
 //! Input: byte 0 = `k | flags` (k = low 4 bits: how many chunk sizes follow; bit 4: decoder
-//! limit of 255 content bytes instead of 65535), then k chunk sizes (each byte + 1, used in
-//! turn), then the byte stream. k = 0 feeds the stream in one piece.
+//! limit of 255 content bytes instead of 65535; bit 5: also encode the stream's first
+//! name-value pairs grown past one record), then k chunk sizes (each byte + 1, used in turn),
+//! then the byte stream. k = 0 feeds the stream one byte at a time.
 #![no_main]
 
 use bytes::BytesMut;
@@ -100,25 +101,89 @@ fn check_name_values(content: &[u8]) {
     }
     assert_eq!(parse_name_values(&plain).as_ref(), Ok(&pairs));
 
-    // Through ParamsWriter: half the pairs with push, half piecewise with push_with.
+    let owned: Vec<(Vec<u8>, Vec<u8>)> = pairs.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+    check_params_writer(&owned);
+}
+
+/// Writes `pairs` as a PARAMS stream through `ParamsWriter`, each pair in one of three ways
+/// (`push`; `push_with` fed by `put`, `put_mapped` and `put_iter` in different orders), and
+/// checks the records decode to the pairs (name bytes upper-cased where `put_mapped` did so).
+fn check_params_writer(pairs: &[(Vec<u8>, Vec<u8>)]) {
     let mut buf = BytesMut::new();
     let mut w = ParamsWriter::new(&mut buf, 7);
+    let mut expected = Vec::new();
     for (i, (n, v)) in pairs.iter().enumerate() {
-        if i % 2 == 0 {
-            w.push(n, v);
-        } else {
-            w.push_with(n.len(), v.len(), |sink| {
+        match i % 3 {
+            0 => {
+                w.push(n, v);
+                expected.push((n.clone(), v.clone()));
+            }
+            1 => {
                 let (a, b) = n.split_at(n.len() / 2);
-                sink.put(a);
-                sink.put_mapped(b, |x| x);
-                sink.put_iter(v.iter().copied());
-            });
+                w.push_with(n.len(), v.len(), |sink| {
+                    sink.put(a);
+                    sink.put_mapped(b, |x| x.to_ascii_uppercase());
+                    sink.put_iter(v.iter().copied());
+                });
+                let name = [a, &b.to_ascii_uppercase()].concat();
+                expected.push((name, v.clone()));
+            }
+            _ => {
+                w.push_with(n.len(), v.len(), |sink| {
+                    sink.put_iter(n.iter().copied());
+                    for piece in v.chunks(1000) {
+                        sink.put_mapped(piece, |x| x);
+                    }
+                });
+                expected.push((n.clone(), v.clone()));
+            }
         }
     }
     w.finish();
     let records = decode_own(&buf);
     let stream = stream_of(&records, RecordType::Params, 7);
-    assert_eq!(parse_name_values(&stream).as_ref(), Ok(&pairs));
+    let got: Vec<(Vec<u8>, Vec<u8>)> = parse_name_values(&stream)
+        .expect("own PARAMS parse")
+        .iter()
+        .map(|(n, v)| (n.to_vec(), v.to_vec()))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+/// Pairs and streams larger than one record (the splitting paths of the encoders), built by
+/// repeating the first few pairs of `stream` past `MAX_CONTENT`.
+fn check_large(stream: &[u8]) {
+    let Ok(pairs) = parse_name_values(stream) else {
+        return;
+    };
+    let grow = |b: &[u8], times: usize| -> Vec<u8> {
+        if b.is_empty() {
+            return Vec::new();
+        }
+        b.repeat((MAX_CONTENT + 1).div_ceil(b.len()) + times)
+    };
+    let big: Vec<(Vec<u8>, Vec<u8>)> = pairs
+        .iter()
+        .take(4)
+        .enumerate()
+        .map(|(i, (n, v))| {
+            // Every other pair gets a large name, and every value but the third is large.
+            let name = if i % 2 == 1 { grow(n, i) } else { n.to_vec() };
+            let value = if i == 2 { v.to_vec() } else { grow(v, i) };
+            (name, value)
+        })
+        .collect();
+    check_params_writer(&big);
+
+    let Some((_, data)) = big.first() else {
+        return;
+    };
+    let mut buf = BytesMut::new();
+    put_stream(&mut buf, RecordType::Stdin, 9, data);
+    put_stream(&mut buf, RecordType::Stdin, 9, b"");
+    let records = decode_own(&buf);
+    assert!(records.iter().all(|r| r.content.len() <= MAX_CONTENT));
+    assert_eq!(stream_of(&records, RecordType::Stdin, 9), *data);
 }
 
 /// The content of one stream, checking its framing: same id, non-empty records, one empty
@@ -281,5 +346,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(end.protocol_status().is_some(), end.protocol_status < 4);
     }
     check_name_values(stream);
+    if control & 0x20 != 0 {
+        check_large(stream);
+    }
     let _ = ProtocolStatus::from_u8(control);
 });

@@ -3,6 +3,8 @@
 //! request to a worker through the pool (the debug proxy and the status page hook in ahead
 //! of the app). A body announced larger than `max_body_size` is refused with 413 before a
 //! worker is involved; a chunked one is cut by the exchange when it passes the limit.
+//! From a peer in `trusted_proxies`, the proxy headers ([`crate::gateway::forwarded`]) set
+//! the client, scheme, host and (IIS's `X-Original-URL`) target the app sees.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
