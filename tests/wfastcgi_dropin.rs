@@ -8,11 +8,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-
-const T: Duration = Duration::from_secs(30);
 
 const WEB_CONFIG: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 <configuration>

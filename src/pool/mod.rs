@@ -149,6 +149,31 @@ pub struct WorkerState {
     addr: Option<WorkerAddr>,
 }
 
+impl WorkerState {
+    /// A slot with no process yet; `supervised` says whether a supervisor is being started
+    /// for it.
+    fn new(id: usize, supervised: bool) -> Self {
+        WorkerState {
+            id,
+            pid: None,
+            phase: Phase::Starting,
+            debug_port: None,
+            debuggers: 0,
+            requests: 0,
+            respawns: 0,
+            current: None,
+            generation: 0,
+            conn: None,
+            addr: None,
+            signals: SlotSignals::new(),
+            supervised,
+            retiring: false,
+            served: 0,
+            recycle_after: u64::MAX,
+        }
+    }
+}
+
 /// A read-only copy of a worker's state for pages and logs.
 #[derive(Debug, Clone)]
 pub struct WorkerSnapshot {
@@ -298,24 +323,7 @@ impl Pool {
     pub fn start(settings: PoolSettings, runtime: RuntimeDir) -> Self {
         let target = watch::channel(settings.workers).0;
         let workers = (0..settings.workers)
-            .map(|id| WorkerState {
-                id,
-                pid: None,
-                phase: Phase::Starting,
-                debug_port: None,
-                debuggers: 0,
-                requests: 0,
-                respawns: 0,
-                current: None,
-                generation: 0,
-                conn: None,
-                addr: None,
-                signals: SlotSignals::new(),
-                supervised: true,
-                retiring: false,
-                served: 0,
-                recycle_after: u64::MAX,
-            })
+            .map(|id| WorkerState::new(id, true))
             .collect();
         let shared = Arc::new(Shared {
             settings: std::sync::RwLock::new(Arc::new(settings)),
@@ -460,24 +468,7 @@ impl Pool {
         let mut state = self.shared.lock();
         for id in 0..workers {
             if id == state.workers.len() {
-                state.workers.push(WorkerState {
-                    id,
-                    pid: None,
-                    phase: Phase::Starting,
-                    debug_port: None,
-                    debuggers: 0,
-                    requests: 0,
-                    respawns: 0,
-                    current: None,
-                    generation: 0,
-                    conn: None,
-                    addr: None,
-                    signals: SlotSignals::new(),
-                    supervised: false,
-                    retiring: false,
-                    served: 0,
-                    recycle_after: u64::MAX,
-                });
+                state.workers.push(WorkerState::new(id, false));
             }
             let worker = &mut state.workers[id];
             if !worker.supervised {
