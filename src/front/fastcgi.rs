@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -91,7 +90,7 @@ pub enum Listener {
         /// The socket.
         listener: tokio::net::UnixListener,
         /// The socket file to remove on shutdown (only one fcgihost created).
-        remove: Option<PathBuf>,
+        remove: Option<std::path::PathBuf>,
     },
 }
 
