@@ -32,6 +32,7 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
+    raise_open_files_limit();
     if config.debug_enabled() && config.worker.command.is_none() {
         ensure_debugpy(&config.python).await?;
     }
@@ -294,6 +295,40 @@ fn worker_spec(config: &Config, worker_script: &Path) -> WorkerSpec {
         }
     }
 }
+
+/// Most open files the host asks for when it raises its own limit.
+#[cfg(unix)]
+const OPEN_FILES_WANTED: libc::rlim_t = 65_536;
+
+/// Raises the soft limit on open files towards the hard limit: every client connection
+/// costs a descriptor, and the usual soft limit of 1,024 would make `accept` fail (and the
+/// server stop answering) near 1,000 connections, whatever `max_connections` says.
+#[cfg(unix)]
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let wanted = limit.rlim_max.min(OPEN_FILES_WANTED);
+        if limit.rlim_cur >= wanted {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = wanted;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::debug!(before, after = wanted, "raised the open-files limit");
+        }
+    }
+}
+
+/// No descriptor limit to raise where there are no rlimits.
+#[cfg(not(unix))]
+fn raise_open_files_limit() {}
 
 /// Fails start-up with the exact pip command when debug mode is on and the interpreter
 /// cannot import debugpy.

@@ -1062,3 +1062,81 @@ fn without_the_secret_the_endpoint_reveals_nothing() {
     // One and the same answer whatever was tried: no oracle.
     assert_eq!(bodies.len(), 1, "{bodies:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tracebacks
+
+#[test]
+fn tracebacks_go_only_to_loopback_clients_that_came_straight_in() {
+    // Behind IIS or nginx every request comes from loopback: the proxy's headers decide.
+    let proxied = [("X-Forwarded-For", "203.0.113.9")];
+    // The host's own page: the app fails to import (503).
+    let host = Host::start(
+        HostOpts::new()
+            .app("brokenapp.app")
+            .app_dir(app_dir("broken"))
+            .workers(1),
+    );
+    let r = get(&host.url("/"));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("does_not_exist_xyz"), "{}", r.text());
+    let r = request("GET", &host.url("/"), &proxied, b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        !r.text().contains("does_not_exist_xyz") && !r.text().contains("Traceback"),
+        "a proxied client got the import traceback: {}",
+        r.text()
+    );
+    drop(host);
+    // The worker's page: the view raises (500).
+    let host = Host::start(HostOpts::plain().workers(1));
+    let r = get(&host.url("/error-before"));
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("boom-before"), "{}", r.text());
+    let r = request("GET", &host.url("/error-before"), &proxied, b"");
+    assert_eq!(r.status, 500);
+    assert!(
+        !r.text().contains("boom-before") && !r.text().contains("Traceback"),
+        "a proxied client got the view's traceback: {}",
+        r.text()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forwarded headers cannot reset the failure count
+
+#[test]
+fn rotating_x_forwarded_for_does_not_escape_the_rate_limit() {
+    // Loopback is a trusted proxy by default, so each X-Forwarded-For names a new client;
+    // the TCP peer's own count (100 a minute) still stops the guessing.
+    let host = Host::start(debug_on(1));
+    let url = host.url("/ptvsd");
+    let mut statuses = Vec::new();
+    for i in 0..120 {
+        let client = format!("203.0.113.{}", i % 250 + 1);
+        let auth = format!("Basic {}", b64(&format!("wrong-{i}:")));
+        let r = request(
+            "GET",
+            &url,
+            &[
+                ("X-Forwarded-For", client.as_str()),
+                ("Authorization", auth.as_str()),
+            ],
+            b"",
+        );
+        statuses.push(r.status);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[..100].iter().all(|s| *s == 401),
+        "each forwarded client is new: the first 100 guesses are 401"
+    );
+    assert!(
+        statuses[100..].iter().all(|s| *s == 429),
+        "after 100 failures through one peer, every guess is 429: {:?}",
+        &statuses[100..]
+    );
+}

@@ -3,8 +3,10 @@
 //! the FastCGI protocol or flood their output; clients vanish mid-upload and mid-download;
 //! 1,000 idle connections and slowloris clients sit on the front door. Each test checks that
 //! the host loses no request it could have served, never hangs, and leaks no file descriptor,
-//! process or socket file. Everything is loopback and bounded in time; the harness
-//! (tests/common) kills every process a test started.
+//! process or socket file. Also: the runtime dir is private and goes at exit, the host raises
+//! its open-files limit, and a request queued behind a killed worker goes to its replacement.
+//! Everything is loopback and bounded in time; the harness (tests/common) kills every process
+//! a test started.
 //!
 //! Apps: tests/apps/plain (fast routes, uploads, downloads) and tests/apps/faults (views that
 //! misbehave, and `garbage_worker.py`, a `worker.command` that answers garbage).
@@ -761,8 +763,9 @@ fn a_client_vanishing_mid_download_does_not_leave_the_worker_blocked() {
 // ---------------------------------------------------------------------------------------------
 // Idle connections and slowloris
 
-/// Raises this process's soft RLIMIT_NOFILE to at least `want` (the host inherits it).
-fn raise_nofile(want: u64) {
+/// Raises this process's soft RLIMIT_NOFILE to `want`, or as near as the hard limit allows
+/// but at least `need` (the host, started afterwards, inherits it).
+fn raise_nofile(want: u64, need: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -770,13 +773,14 @@ fn raise_nofile(want: u64) {
     // SAFETY: getrlimit/setrlimit write/read the struct we pass.
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        if lim.rlim_cur < want {
-            assert!(
-                lim.rlim_max >= want,
-                "RLIMIT_NOFILE hard limit {} is below {want}",
-                lim.rlim_max
-            );
-            lim.rlim_cur = want;
+        let target = want.min(lim.rlim_max);
+        assert!(
+            target >= need,
+            "this test needs {need} open files; the hard RLIMIT_NOFILE is {}",
+            lim.rlim_max
+        );
+        if lim.rlim_cur < target {
+            lim.rlim_cur = target;
             assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
         }
     }
@@ -787,7 +791,9 @@ fn a_thousand_idle_connections_and_slowloris_clients_do_not_stop_normal_requests
     const IDLE: usize = 1000;
     const SLOW: usize = 20;
     const PROBE_FOR: Duration = Duration::from_secs(12);
-    raise_nofile(8192);
+    raise_nofile(8192, IDLE as u64 + 200);
+    // With the defaults: `max_connections` (10,000) leaves room above 1,000 idle
+    // connections, and the host raises its open-files limit to match.
     let host = Host::start(HostOpts::plain().workers(2));
     settle(&host, 2, 2);
     let addr = host.addr();
@@ -862,6 +868,70 @@ fn a_thousand_idle_connections_and_slowloris_clients_do_not_stop_normal_requests
     drop(idle);
 }
 
+/// The soft and hard RLIMIT_NOFILE of `pid`, from /proc/<pid>/limits.
+fn open_files_limits(pid: u32) -> (u64, u64) {
+    let text = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let num = |s: &str| s.parse().unwrap_or(u64::MAX); // "unlimited"
+    (num(f[3]), num(f[4]))
+}
+
+#[test]
+fn the_host_raises_its_open_files_limit_from_the_usual_1024() {
+    // Regression: with the soft limit most Linux systems start services with (1,024),
+    // `accept` failed with EMFILE near 1,000 connections and nobody else got in.
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["serve", "--app", "plainapp.app", "--workers", "1"])
+        .arg("--app-dir")
+        .arg(app_dir("plain"))
+        .args(["--listen", "127.0.0.1:0", "--python", &python()])
+        .env_remove("RUST_LOG")
+        .env("TMPDIR", dir.path())
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = lim.rlim_cur.min(1024);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let _guard = KillOnDrop(vec![pid]);
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening on http://"));
+    assert!(listening.is_some(), "the host did not start");
+    let workers = KillOnDrop(descendants(pid));
+    let (soft, hard) = open_files_limits(pid);
+    assert!(
+        soft >= hard.min(4096),
+        "the host kept a soft open-files limit of {soft} (hard {hard})"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(workers);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The host's own files
 
@@ -915,11 +985,10 @@ fn a_request_queued_behind_a_timed_out_request_is_served_by_the_replacement() {
     // worker's backlog: 502 for a request that never reached a worker.
     let host = Host::start(faultapp(1).arg("--request-timeout").arg("2s"));
     let before_pid = pid_of(&host);
-    for path in ["/stuck", "/stuck-read"] {
+    for (n, path) in ["/stuck", "/stuck-read"].into_iter().enumerate() {
         let url = host.url(path);
         let stuck = thread::spawn(move || get(&url));
-        host.wait_for_log_count(&format!("path=\"{path}\""), 0, T);
-        thread::sleep(Duration::from_millis(500)); // let the stuck request take the worker
+        host.wait_for_log_count("stuck-start", n + 1, T);
         let queued: Vec<_> = (0..3)
             .map(|_| {
                 let url = host.url("/pid");

@@ -284,3 +284,25 @@ fn control_endpoint_changes_workers_and_fcgihost_reload_reloads() {
     );
     assert_eq!(get(&host.url("/")).status, 200);
 }
+
+#[test]
+fn control_endpoint_refuses_web_pages_and_absurd_counts() {
+    let host =
+        Host::start(HostOpts::plain().config("workers = 1\nstatus_path = \"/_fcgihost/status\"\n"));
+    let url = host.url("/_fcgihost/status/control/workers?count=2");
+    let r = request("POST", &url, &[("Origin", "http://evil.example")], b"");
+    assert_eq!(
+        r.status,
+        403,
+        "a browser-originated POST is refused: {}",
+        r.text()
+    );
+    let r = request(
+        "POST",
+        &host.url("/_fcgihost/status/control/workers?count=100000"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 400, "absurd counts are refused: {}", r.text());
+    assert_eq!(host.worker_pids().len(), 1, "nothing changed");
+}

@@ -388,7 +388,7 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `keep_alive_timeout` (nginx's `keepalive_timeout`).
 pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Default `max_connections` (gunicorn's `worker_connections`).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// wfastcgi's default `WSGI_RESTART_FILE_REGEX`.
 pub const DEFAULT_RESTART_FILE_REGEX: &str = r".*((\.py)|(\.config))$";

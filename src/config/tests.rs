@@ -1178,3 +1178,43 @@ fn fastcgi_listen_and_trusted_proxies_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn in_memory_parsers_check_like_load_and_name_the_file() {
+    let toml = Path::new("/srv/app/fcgihost.toml");
+    assert!(parse_toml_text(toml, "app = \"pkg.mod:app\"\nworkers = 2\n").is_ok());
+    let err = parse_toml_text(toml, "workers = 2\nwokers = 4\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/srv/app/fcgihost.toml:2: unknown key `wokers` (did you mean `workers`?)"
+    );
+    // A byte-order mark is skipped, as when the file is read.
+    assert!(parse_toml_text(toml, "\u{feff}workers = 2\n").is_ok());
+
+    let web = Path::new("/srv/app/web.config");
+    let warnings = parse_web_config_bytes(
+        web,
+        br#"<configuration><appSettings>
+            <add key="WSGI_HANDLER" value="app.web"/>
+            <add key="WSGI_PTVSD_ADDRESS" value="localhost:5678"/>
+        </appSettings></configuration>"#,
+        &HashMap::new(),
+    )
+    .expect("valid web.config");
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0].starts_with("/srv/app/web.config:3: WSGI_PTVSD_ADDRESS"),
+        "{warnings:?}"
+    );
+    let err = parse_web_config_bytes(web, b"<configuration>", &HashMap::new()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("/srv/app/web.config:1: malformed XML"),
+        "{err}"
+    );
+    let err = parse_web_config_bytes(web, b"\xff\xfe\x00", &HashMap::new()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/srv/app/web.config: not UTF-8 or UTF-16 text"
+    );
+}

@@ -43,6 +43,11 @@ const MAX_FAILURES: u32 = 10;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// How long a banned address is answered 429.
 const BAN: Duration = Duration::from_secs(60);
+
+/// Failures per minute through one TCP peer (e.g. the reverse proxy in front) that start a
+/// ban of that peer: clients named by forwarded headers could otherwise claim a fresh
+/// address for every guess.
+const MAX_PEER_FAILURES: u32 = 100;
 /// How often the proxy pings the IDE side (keeps IIS and other proxies from idling it out).
 const PING_INTERVAL: Duration = Duration::from_secs(20);
 /// An IDE side silent this long (not even a pong) is taken as gone.
@@ -83,6 +88,8 @@ pub struct DebugProxy {
     secret: Secret,
     path: String,
     limiter: Mutex<FailureLimiter>,
+    /// The same, keyed by the TCP peer (see [`MAX_PEER_FAILURES`]).
+    peer_limiter: Mutex<FailureLimiter>,
     book: Arc<Book>,
     wait_for_attach: Option<Duration>,
     max_pause: Option<Duration>,
@@ -156,6 +163,7 @@ impl DebugProxy {
             secret,
             path: path.trim_end_matches('/').to_owned(),
             limiter: Mutex::new(FailureLimiter::new(MAX_FAILURES, FAILURE_WINDOW, BAN)),
+            peer_limiter: Mutex::new(FailureLimiter::new(MAX_PEER_FAILURES, FAILURE_WINDOW, BAN)),
             book: Arc::new(Book {
                 pool,
                 paused: Mutex::new(vec![0; workers]),
@@ -215,17 +223,19 @@ impl DebugProxy {
         }
     }
 
-    /// Answers one request to the endpoint (see [`DebugProxy::owns`]).
+    /// Answers one request to the endpoint (see [`DebugProxy::owns`]). `remote` is the
+    /// client (resolved from trusted forwarded headers), `peer` the TCP peer.
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
         remote: SocketAddr,
+        peer: SocketAddr,
     ) -> Response<ResponseBody> {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let (parts, _body) = req.into_parts();
         let path = parts.uri.path().to_owned();
 
-        if let Some(refusal) = self.check_secret(&parts, remote) {
+        if let Some(refusal) = self.check_secret(&parts, remote, peer.ip()) {
             return refusal;
         }
 
@@ -361,11 +371,13 @@ impl DebugProxy {
         &self,
         parts: &http::request::Parts,
         remote: SocketAddr,
+        peer: IpAddr,
     ) -> Option<Response<ResponseBody>> {
         let ip: IpAddr = remote.ip();
         let now = Instant::now();
         let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        if limiter.is_blocked(ip, now) {
+        let mut peer_limiter = self.peer_limiter.lock().unwrap_or_else(|p| p.into_inner());
+        if limiter.is_blocked(ip, now) || peer_limiter.is_blocked(peer, now) {
             tracing::warn!(remote = %remote, path = parts.uri.path(), "debug proxy: too many failed attempts from this address; refusing (429)");
             let mut response = text(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -381,6 +393,7 @@ impl DebugProxy {
             return None;
         }
         limiter.record_failure(ip, now);
+        peer_limiter.record_failure(peer, now);
         tracing::warn!(remote = %remote, path = parts.uri.path(), "debug proxy: wrong or missing secret (401)");
         let mut response = text(StatusCode::UNAUTHORIZED, "Unauthorized.\n");
         response.headers_mut().insert(

@@ -113,7 +113,7 @@ impl Front {
             .resolve(peer.ip(), &self.options.trusted_proxies);
         let remote = resolved.client.map_or(peer, |client| client.socket_addr());
         if let Some(proxy) = self.debug.as_ref().filter(|p| p.owns(req.uri().path())) {
-            return proxy.handle(req, remote).await;
+            return proxy.handle(req, remote, peer).await;
         }
         if let Some(status) = self.status.as_ref().filter(|s| s.owns(req.uri().path())) {
             let (parts, _body) = req.into_parts();

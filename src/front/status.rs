@@ -123,6 +123,9 @@ pub struct StatusPage {
     limiter: Mutex<FailureLimiter>,
 }
 
+/// Most workers the control endpoint will set (a typo must not fork-bomb the machine).
+const MAX_WORKERS: usize = 512;
+
 /// Re-reads the configuration and applies it (provided by `serve`).
 pub type ReloadHook = std::sync::Arc<dyn Fn() + Send + Sync>;
 
@@ -167,6 +170,15 @@ impl StatusPage {
     /// `POST <path>/control/reload` re-reads the configuration; `POST
     /// <path>/control/workers?count=N` (or `?add=1`, `?remove=1`) changes the worker count.
     fn control(&self, parts: &http::request::Parts, action: &str) -> Response<ResponseBody> {
+        if parts.headers.contains_key(header::ORIGIN) {
+            // Browsers send Origin with cross-site POSTs; `fcgihost reload` and curl do not.
+            // Refusing it keeps a web page open on the server from driving the pool.
+            return text(
+                StatusCode::FORBIDDEN,
+                "text/plain; charset=utf-8",
+                "control actions are not accepted from web pages\n".into(),
+            );
+        }
         if parts.method != Method::POST {
             let mut response = text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -208,7 +220,7 @@ impl StatusPage {
                     }
                 });
                 match wanted {
-                    Some(n) if n >= 1 => {
+                    Some(n) if (1..=MAX_WORKERS).contains(&n) => {
                         self.pool.resize(n);
                         text(
                             StatusCode::OK,
@@ -219,7 +231,7 @@ impl StatusPage {
                     _ => text(
                         StatusCode::BAD_REQUEST,
                         "text/plain; charset=utf-8",
-                        "use ?count=N (N >= 1), ?add=N or ?remove=N\n".into(),
+                        format!("use ?count=N (1 <= N <= {MAX_WORKERS}), ?add=N or ?remove=N\n"),
                     ),
                 }
             }

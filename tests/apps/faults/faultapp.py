@@ -3,12 +3,13 @@ misbehave the way real apps do. Routes (PATH_INFO):
 
   /                  "ok" (a fast request)
   /pid               the worker's pid
-  /stuck             blocks forever inside C code *holding the GIL* (libc sleep() called
-                     through ctypes.PyDLL): no Python code runs in the worker any more, not
-                     even its control-channel thread or signal handlers, and it reads nothing
-                     from its FastCGI socket
-  /stuck-read        blocks forever in os.read() on a pipe that never gets data (C code that
-                     releases the GIL); reads nothing from its socket either
+  /stuck             logs "stuck-start", then blocks forever inside C code *holding the GIL*
+                     (libc sleep() called through ctypes.PyDLL): no Python code runs in the
+                     worker any more, not even its control-channel thread or signal
+                     handlers, and it reads nothing from its FastCGI socket
+  /stuck-read        logs "stuck-start", then blocks forever in os.read() on a pipe that never
+                     gets data (C code that releases the GIL); reads nothing from its socket
+                     either
   /flood?mb=N        writes N MiB of log lines, half to stdout and half to stderr (64 KiB
                      writes of 100-byte lines), then answers "flooded N"
   /env               JSON: which of the given ?names=A,B are in os.environ (values withheld)
@@ -35,7 +36,14 @@ def _text(start_response, text, status="200 OK"):
     return [body]
 
 
+def _announce(what):
+    """Log that a stuck view has started (tests wait for this line)."""
+    sys.stderr.write("stuck-start %s pid=%d\n" % (what, os.getpid()))
+    sys.stderr.flush()
+
+
 def stuck(environ, start_response):
+    _announce("gil")
     libc = ctypes.PyDLL(None)  # PyDLL: the call keeps the GIL
     libc.sleep.argtypes = [ctypes.c_uint]
     while True:
@@ -44,6 +52,7 @@ def stuck(environ, start_response):
 
 def stuck_read(environ, start_response):
     r, _w = os.pipe()
+    _announce("read")
     os.read(r, 1)  # nobody ever writes to _w
     return _text(start_response, "unreachable")
 
