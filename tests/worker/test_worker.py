@@ -1075,10 +1075,14 @@ class LoadingTests(unittest.TestCase):
         self.assertIn(event["python"], page)
 
     def test_debugpy_missing_exits_4(self):
-        probe = subprocess.run([PYTHON, "-c", "import debugpy"], capture_output=True)
-        if probe.returncode == 0:
-            self.skipTest("debugpy is installed for %s" % PYTHON)
-        worker = self.spawn("testapps:hello", env={"FCGIHOST_DEBUG": "1"})
+        # Shadow debugpy with a module that fails to import, whether or not the test
+        # interpreter has the real one.
+        shadow = tempfile.mkdtemp(prefix="fcgihost-nodebugpy-")
+        self.addCleanup(shutil.rmtree, shadow, True)
+        with open(os.path.join(shadow, "debugpy.py"), "w") as f:
+            f.write("raise ImportError('debugpy hidden by the test')\n")
+        env = {"FCGIHOST_DEBUG": "1", "PYTHONPATH": shadow}
+        worker = self.spawn("testapps:hello", env=env)
         event = worker.event()
         self.assertEqual(event["event"], "debugpy_missing")
         self.assertEqual(event["install"], '"%s" -m pip install debugpy' % event["python"])
