@@ -10,9 +10,8 @@ use std::path::Path;
 
 use bytes::BytesMut;
 use fcgihost::gateway::fcgi::{
-    put_abort_request, put_begin_request, put_end_request, put_get_values,
-    put_get_values_result, put_name_value, put_stream, put_unknown_type, ParamsWriter, ProtocolStatus,
-    RecordType, Role,
+    put_abort_request, put_begin_request, put_end_request, put_get_values, put_get_values_result,
+    put_name_value, put_stream, put_unknown_type, ParamsWriter, ProtocolStatus, RecordType, Role,
 };
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -77,8 +76,14 @@ fn request_params(buf: &mut BytesMut, id: u16) {
         ("CONTENT_TYPE", "application/x-www-form-urlencoded"),
         ("CONTENT_LENGTH", "7"),
         ("HTTP_HOST", "localhost:8000"),
-        ("HTTP_USER_AGENT", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"),
-        ("HTTP_ACCEPT", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"),
+        (
+            "HTTP_USER_AGENT",
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+        ),
+        (
+            "HTTP_ACCEPT",
+            "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8",
+        ),
         ("HTTP_COOKIE", "sessionid=xyz; csrftoken=abc"),
     ] {
         w.push(n.as_bytes(), v.as_bytes());
@@ -98,7 +103,11 @@ fn fcgi_streams() {
     put_stream(&mut request, RecordType::Stdin, 1, b"a=1&b=2");
     put_stream(&mut request, RecordType::Stdin, 1, b"");
     write("fcgi_records", "request", &with(&[0], &request));
-    write("fcgi_records", "request-chunked", &with(&[3, 0, 6, 200], &request));
+    write(
+        "fcgi_records",
+        "request-chunked",
+        &with(&[3, 0, 6, 200], &request),
+    );
 
     let mut response = BytesMut::new();
     put_stream(
@@ -112,7 +121,11 @@ fn fcgi_streams() {
     put_stream(&mut response, RecordType::Stdout, 1, b"");
     put_end_request(&mut response, 1, 0, ProtocolStatus::RequestComplete);
     write("fcgi_records", "response", &with(&[0], &response));
-    write("fcgi_records", "response-small-limit", &with(&[0x12, 3, 9], &response));
+    write(
+        "fcgi_records",
+        "response-small-limit",
+        &with(&[0x12, 3, 9], &response),
+    );
 
     let mut management = BytesMut::new();
     put_get_values(
@@ -142,8 +155,8 @@ fn fcgi_streams() {
 
     // Padding, which other FastCGI libraries (flup, PHP-FPM) add to 8-byte alignment.
     let padded: &[u8] = &[
-        0, 1, 6, 0, 1, 0, 5, 3, 0, b'h', b'e', b'l', b'l', b'o', 0, 0, 0, 1, 3, 0, 1, 0, 8, 0, 0, 0,
-        0, 0, 0, 0, 0, 0, 0,
+        0, 1, 6, 0, 1, 0, 5, 3, 0, b'h', b'e', b'l', b'l', b'o', 0, 0, 0, 1, 3, 0, 1, 0, 8, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0,
     ];
     write("fcgi_records", "padded", padded);
     // Bare name-value pairs, with bit 5 set: the target grows them past one record.
@@ -158,8 +171,15 @@ fn fcgi_streams() {
     }
     write("fcgi_records", "pairs-large", &pairs);
     // Not FastCGI at all: an HTTP request sent to the FastCGI port.
-    write("fcgi_records", "http", b"\0GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    write(
+        "fcgi_records",
+        "http",
+        b"\0GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
 }
+
+/// A DAP message and which way it goes (`true`: adapter to client).
+type Message = (bool, Vec<u8>);
 
 /// One DAP message with its `Content-Length` header.
 fn dap(json: &str) -> Vec<u8> {
@@ -178,43 +198,73 @@ fn dap_sessions() {
     let c = |json: &str| (false, dap(json));
     let a = |json: &str| (true, dap(json));
     let handshake = [
-        c(r#"{"command":"initialize","arguments":{"clientID":"vscode","clientName":"Visual Studio Code","adapterID":"debugpy","pathFormat":"path","linesStartAt1":true,"columnsStartAt1":true,"supportsVariableType":true,"supportsRunInTerminalRequest":true,"locale":"en"},"type":"request","seq":1}"#),
-        a(r#"{"seq":1,"type":"response","request_seq":1,"success":true,"command":"initialize","body":{"supportsConfigurationDoneRequest":true,"supportsConditionalBreakpoints":true,"supportsSetVariable":true,"supportsTerminateRequest":true}}"#),
-        c(r#"{"command":"attach","arguments":{"name":"Attach to fcgihost","type":"debugpy","request":"attach","connect":{"host":"localhost","port":8000},"justMyCode":true},"type":"request","seq":2}"#),
+        c(
+            r#"{"command":"initialize","arguments":{"clientID":"vscode","clientName":"Visual Studio Code","adapterID":"debugpy","pathFormat":"path","linesStartAt1":true,"columnsStartAt1":true,"supportsVariableType":true,"supportsRunInTerminalRequest":true,"locale":"en"},"type":"request","seq":1}"#,
+        ),
+        a(
+            r#"{"seq":1,"type":"response","request_seq":1,"success":true,"command":"initialize","body":{"supportsConfigurationDoneRequest":true,"supportsConditionalBreakpoints":true,"supportsSetVariable":true,"supportsTerminateRequest":true}}"#,
+        ),
+        c(
+            r#"{"command":"attach","arguments":{"name":"Attach to fcgihost","type":"debugpy","request":"attach","connect":{"host":"localhost","port":8000},"justMyCode":true},"type":"request","seq":2}"#,
+        ),
         a(r#"{"seq":2,"type":"event","event":"initialized"}"#),
-        c(r#"{"command":"setBreakpoints","arguments":{"source":{"name":"views.py","path":"/srv/app/views.py"},"lines":[12],"breakpoints":[{"line":12}],"sourceModified":false},"type":"request","seq":3}"#),
-        a(r#"{"seq":3,"type":"response","request_seq":3,"success":true,"command":"setBreakpoints","body":{"breakpoints":[{"verified":true,"id":0,"line":12}]}}"#),
+        c(
+            r#"{"command":"setBreakpoints","arguments":{"source":{"name":"views.py","path":"/srv/app/views.py"},"lines":[12],"breakpoints":[{"line":12}],"sourceModified":false},"type":"request","seq":3}"#,
+        ),
+        a(
+            r#"{"seq":3,"type":"response","request_seq":3,"success":true,"command":"setBreakpoints","body":{"breakpoints":[{"verified":true,"id":0,"line":12}]}}"#,
+        ),
         c(r#"{"command":"configurationDone","type":"request","seq":4}"#),
-        a(r#"{"seq":4,"type":"response","request_seq":4,"success":true,"command":"configurationDone"}"#),
+        a(
+            r#"{"seq":4,"type":"response","request_seq":4,"success":true,"command":"configurationDone"}"#,
+        ),
     ];
     let stop = [
-        a(r#"{"seq":5,"type":"event","event":"stopped","body":{"reason":"breakpoint","threadId":1,"preserveFocusHint":false,"allThreadsStopped":true}}"#),
+        a(
+            r#"{"seq":5,"type":"event","event":"stopped","body":{"reason":"breakpoint","threadId":1,"preserveFocusHint":false,"allThreadsStopped":true}}"#,
+        ),
         c(r#"{"command":"threads","type":"request","seq":5}"#),
-        a(r#"{"seq":6,"type":"response","request_seq":5,"success":true,"command":"threads","body":{"threads":[{"id":1,"name":"MainThread"}]}}"#),
-        c(r#"{"command":"stackTrace","arguments":{"threadId":1,"startFrame":0,"levels":20},"type":"request","seq":6}"#),
+        a(
+            r#"{"seq":6,"type":"response","request_seq":5,"success":true,"command":"threads","body":{"threads":[{"id":1,"name":"MainThread"}]}}"#,
+        ),
+        c(
+            r#"{"command":"stackTrace","arguments":{"threadId":1,"startFrame":0,"levels":20},"type":"request","seq":6}"#,
+        ),
     ];
     let resume_vscode = [
         c(r#"{"command":"continue","arguments":{"threadId":1},"type":"request","seq":7}"#),
-        a(r#"{"seq":7,"type":"response","request_seq":7,"success":true,"command":"continue","body":{"allThreadsContinued":true}}"#),
-        a(r#"{"seq":8,"type":"event","event":"continued","body":{"threadId":1,"allThreadsContinued":true}}"#),
+        a(
+            r#"{"seq":7,"type":"response","request_seq":7,"success":true,"command":"continue","body":{"allThreadsContinued":true}}"#,
+        ),
+        a(
+            r#"{"seq":8,"type":"event","event":"continued","body":{"threadId":1,"allThreadsContinued":true}}"#,
+        ),
     ];
     let step = [
         c(r#"{"command":"next","arguments":{"threadId":1},"type":"request","seq":8}"#),
-        a(r#"{"seq":9,"type":"event","event":"stopped","body":{"reason":"step","threadId":1,"allThreadsStopped":true}}"#),
+        a(
+            r#"{"seq":9,"type":"event","event":"stopped","body":{"reason":"step","threadId":1,"allThreadsStopped":true}}"#,
+        ),
         a(r#"{"seq":10,"type":"response","request_seq":8,"success":true,"command":"next"}"#),
     ];
     let end = [
-        c(r#"{"command":"disconnect","arguments":{"restart":false,"terminateDebuggee":false},"type":"request","seq":9}"#),
+        c(
+            r#"{"command":"disconnect","arguments":{"restart":false,"terminateDebuggee":false},"type":"request","seq":9}"#,
+        ),
         a(r#"{"seq":11,"type":"response","request_seq":9,"success":true,"command":"disconnect"}"#),
     ];
     let thread_stop = [
         a(r#"{"seq":12,"type":"event","event":"stopped","body":{"reason":"pause","threadId":7}}"#),
-        c(r#"{"command":"continue","arguments":{"threadId":7,"singleThread":true},"type":"request","seq":10}"#),
-        a(r#"{"seq":13,"type":"response","request_seq":10,"success":true,"command":"continue","body":{"allThreadsContinued":false}}"#),
+        c(
+            r#"{"command":"continue","arguments":{"threadId":7,"singleThread":true},"type":"request","seq":10}"#,
+        ),
+        a(
+            r#"{"seq":13,"type":"response","request_seq":10,"success":true,"command":"continue","body":{"allThreadsContinued":false}}"#,
+        ),
         a(r#"{"seq":14,"type":"event","event":"terminated"}"#),
     ];
 
-    let sessions: Vec<(&str, Vec<&(bool, Vec<u8>)>)> = vec![
+    let sessions: Vec<(&str, Vec<&Message>)> = vec![
         (
             "vscode-breakpoint-continue",
             handshake
@@ -242,7 +292,9 @@ fn dap_sessions() {
     // Visual Studio: no `continued` event, the `continue` response alone resumes; and a
     // response and the next stop arriving in one chunk.
     let mut out = Vec::new();
-    let vs_init = c(r#"{"command":"initialize","arguments":{"clientID":"visualstudio","adapterID":"debugpy"},"type":"request","seq":1}"#);
+    let vs_init = c(
+        r#"{"command":"initialize","arguments":{"clientID":"visualstudio","adapterID":"debugpy"},"type":"request","seq":1}"#,
+    );
     segment(&mut out, false, 3, &vs_init.1);
     segment(&mut out, true, 14, &stop[0].1);
     segment(&mut out, false, 14, &resume_vscode[0].1);
@@ -336,7 +388,8 @@ max_pause = "30m"
         b"wokers = 4\n[worker]\ncommand = [\"python3\", \"my_fcgi.py\"]\n",
     );
 
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/wfastcgi.web.config");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/wfastcgi.web.config");
     let wfastcgi = fs::read(&fixture).expect("tests/fixtures/wfastcgi.web.config");
     write("config_web_config", "wfastcgi", &wfastcgi);
     write(

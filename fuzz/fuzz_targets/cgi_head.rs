@@ -47,7 +47,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(parse_cgi_head(&data[..off - 1]), Ok(HeadParse::Incomplete));
         }
         Ok(HeadParse::Incomplete) => {
-            assert!(data.len() < MAX_HEAD, "{} bytes still Incomplete", data.len());
+            assert!(
+                data.len() < MAX_HEAD,
+                "{} bytes still Incomplete",
+                data.len()
+            );
             // Every shorter buffer (what the caller saw before) was Incomplete too.
             for cut in [0, data.len() / 2, data.len().saturating_sub(1)] {
                 assert_eq!(parse_cgi_head(&data[..cut]), Ok(HeadParse::Incomplete));

@@ -20,11 +20,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let message = err.to_string();
-    assert!(message.starts_with(FILE), "error does not name the file: {message}");
+    assert!(
+        message.starts_with(FILE),
+        "error does not name the file: {message}"
+    );
     match err {
         ConfigError::At { line, .. } => {
             let lines = text.split('\n').count();
-            assert!(line >= 1 && line <= lines, "line {line} of {lines}: {message}");
+            assert!(
+                line >= 1 && line <= lines,
+                "line {line} of {lines}: {message}"
+            );
         }
         ConfigError::InFile { .. } => {}
         other => panic!("not a file error: {other:?}"),

@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(err) => {
             let message = err.to_string();
-            assert!(message.starts_with(FILE), "error does not name the file: {message}");
+            assert!(
+                message.starts_with(FILE),
+                "error does not name the file: {message}"
+            );
             match err {
                 ConfigError::At { line, .. } => assert!(line >= 1, "line {line}: {message}"),
                 ConfigError::InFile { .. } => {}

@@ -14,8 +14,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use fcgihost::debug::dap::{DapFramer, DapMonitor, Direction, PauseChange, MAX_BODY, MAX_HEADER};
+use fcgihost::debug::dap::{
+    DapFramer, DapMonitor, Direction, PauseChange, PauseTracker, MAX_BODY, MAX_HEADER,
+};
 use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
 
 /// The system allocator, counting the bytes currently allocated.
 struct Counting;
@@ -129,12 +132,69 @@ fn feed_checked(m: &mut DapMonitor, dir: Direction, chunk: &[u8]) {
     let before = m.is_paused();
     let change = m.feed(dir, chunk);
     let after = m.is_paused();
-    let expected = match (before, after) {
+    assert_eq!(
+        change,
+        edge(before, after),
+        "edge does not match the pause state"
+    );
+}
+
+/// Gives one framed message to a bare tracker and checks the DAP rules the monitor documents:
+/// only a `stopped` event pauses; a `continued` event for all threads, `terminated`, `exited`
+/// and a client's `disconnect` leave the worker running; the edge matches the state.
+fn observe_checked(t: &mut PauseTracker, dir: Direction, msg: &Value) {
+    let before = t.is_paused();
+    let change = t.observe(dir, msg);
+    let after = t.is_paused();
+    assert_eq!(
+        change,
+        edge(before, after),
+        "tracker edge does not match its state"
+    );
+    let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let kind = field(msg, "type");
+    let event = field(msg, "event");
+    let is_event = |name: &str| {
+        dir == Direction::AdapterToClient
+            && kind.as_deref() == Some("event")
+            && event.as_deref() == Some(name)
+    };
+    if !before && after {
+        assert!(
+            is_event("stopped"),
+            "paused by something else than a stopped event: {msg}"
+        );
+    }
+    if is_event("stopped") {
+        assert!(after, "still running after {msg}");
+    }
+    let body = msg.get("body");
+    let all_continued = body
+        .and_then(|b| b.get("allThreadsContinued"))
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let has_thread = body
+        .and_then(|b| b.get("threadId"))
+        .and_then(Value::as_i64)
+        .is_some();
+    let disconnect = dir == Direction::ClientToAdapter
+        && kind.as_deref() == Some("request")
+        && field(msg, "command").as_deref() == Some("disconnect");
+    if (is_event("continued") && (all_continued || !has_thread))
+        || is_event("terminated")
+        || is_event("exited")
+        || disconnect
+    {
+        assert!(!after, "still paused after {msg}");
+    }
+}
+
+fn edge(before: bool, after: bool) -> Option<PauseChange> {
+    match (before, after) {
         (false, true) => Some(PauseChange::Paused),
         (true, false) => Some(PauseChange::Resumed),
         _ => None,
-    };
-    assert_eq!(change, expected, "edge does not match the pause state");
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -145,6 +205,8 @@ fuzz_target!(|data: &[u8]| {
     let mut tested = DapMonitor::new();
     let mut ref_framers = [DapFramer::new(), DapFramer::new()];
     let mut test_framers = [DapFramer::new(), DapFramer::new()];
+    // The monitor is framers plus a tracker: a bare tracker given the framed messages agrees.
+    let mut model = PauseTracker::new();
     for seg in &segments {
         let i = index(seg.dir);
         let mut ref_msgs = Vec::new();
@@ -158,13 +220,30 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         assert_eq!(ref_msgs, test_msgs, "chunking changed the messages");
+        for msg in &ref_msgs {
+            observe_checked(&mut model, seg.dir, msg);
+        }
+        assert_eq!(
+            model.is_paused(),
+            reference.is_paused(),
+            "monitor and tracker disagree"
+        );
+        assert_eq!(model.client_id(), reference.client_id());
 
-        assert_eq!(reference.is_paused(), tested.is_paused(), "chunking changed the pause state");
+        assert_eq!(
+            reference.is_paused(),
+            tested.is_paused(),
+            "chunking changed the pause state"
+        );
         assert_eq!(reference.client_id(), tested.client_id());
         for d in [Direction::ClientToAdapter, Direction::AdapterToClient] {
             let (r, t) = (reference.framer(d), tested.framer(d));
             assert_eq!(r.resyncs(), t.resyncs(), "chunking changed resyncs");
-            assert_eq!(r.skipped_bodies(), t.skipped_bodies(), "chunking changed skips");
+            assert_eq!(
+                r.skipped_bodies(),
+                t.skipped_bodies(),
+                "chunking changed skips"
+            );
             assert_eq!(r.resyncs(), ref_framers[index(d)].resyncs());
             assert_eq!(r.skipped_bodies(), ref_framers[index(d)].skipped_bodies());
         }
@@ -188,7 +267,10 @@ fuzz_target!(|data: &[u8]| {
         for _ in 0..seg.repeat {
             feed_checked(&mut monitor, seg.dir, seg.bytes);
             let held = LIVE.load(Ordering::Relaxed).saturating_sub(baseline);
-            assert!(held <= LIMIT, "a monitor holds {held} bytes (limit {LIMIT})");
+            assert!(
+                held <= LIMIT,
+                "a monitor holds {held} bytes (limit {LIMIT})"
+            );
         }
     }
 });
