@@ -345,12 +345,15 @@ fn multiplexed_requests_keep_conn_and_get_values() {
     // pieces, request 2 is quick; 2 must finish first (they run on two workers at once).
     let body1 = b"first part|second part".to_vec();
     let p1 = nginx_params("POST", "/echo/slow?delay=1.5", &body1, &[]);
-    let p2 = nginx_params("GET", "/echo/quick?x=1&y=%20z", b"", &[]);
+    // Request 2 takes 0.3 s too, so the two overlap whichever reaches the pool first.
+    let p2 = nginx_params("GET", "/echo/quick?x=1&y=%20z&delay=0.3", b"", &[]);
+    // Request 1's params complete first, so it holds a worker while its body is still
+    // coming; request 2's records arrive in between and must run on the other worker.
     c.begin(1, true);
     c.begin(2, true);
-    c.params(2, &p2);
     c.params(1, &p1);
     c.stdin(1, &body1[..10]);
+    c.params(2, &p2);
     c.stdin(2, b"");
     c.stdin(1, &body1[10..]);
     c.stdin(1, b"");
@@ -375,8 +378,8 @@ fn multiplexed_requests_keep_conn_and_get_values() {
     assert_eq!(j1["script_name"], "");
     assert_eq!(j1["path"], "/echo/slow");
     assert_eq!(j2["path"], "/echo/quick");
-    assert_eq!(j2["query"], "x=1&y=%20z");
-    assert_eq!(j2["cgi"]["REQUEST_URI"], "/echo/quick?x=1&y=%20z");
+    assert_eq!(j2["query"], "x=1&y=%20z&delay=0.3");
+    assert_eq!(j2["cgi"]["REQUEST_URI"], "/echo/quick?x=1&y=%20z&delay=0.3");
     // The web server's variables pass through; its client is the app's client.
     assert_eq!(j2["remote_addr"], "192.0.2.10");
     assert_eq!(j2["cgi"]["REMOTE_PORT"], "40123");
