@@ -205,6 +205,23 @@ class Sampler(threading.Thread):
         self.samples.append(self.snapshot())
 
 
+def busy_seconds():
+    """CPU time the whole machine spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def own_seconds():
+    """CPU time of this process plus its reaped children (wrk)."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def cpu_snapshot(server):
     front, workers = server.classify()
     return ({p: cpu_ticks(p) for p in front}, {p: cpu_ticks(p) for p in workers})
@@ -515,7 +532,9 @@ def measure(server, workload, args, log_file):
         warm = warm_up(server.port, path, args.warmup)
         load_before = loadavg()
         cpu_before = cpu_snapshot(server)
+        busy_before, own_before, t_before = busy_seconds(), own_seconds(), time.monotonic()
         result = wrk(server.port, path, script, args.duration, log_file)
+        busy_after, own_after, t_after = busy_seconds(), own_seconds(), time.monotonic()
         cpu_after = cpu_snapshot(server)
         load_after = loadavg()
     finally:
@@ -523,6 +542,10 @@ def measure(server, workload, args, log_file):
     alive_after = healthy(server.port, path)
     seconds = result["duration_us"] / 1e6
     requests = result["requests"]
+    server_cpu = (cpu_delta(*_pair(cpu_before, cpu_after, 0))
+                  + cpu_delta(*_pair(cpu_before, cpu_after, 1)))
+    foreign = (busy_after - busy_before) - server_cpu - (own_after - own_before)
+    foreign_pct = max(0.0, 100.0 * foreign / ((t_after - t_before) * (os.cpu_count() or 1)))
     errors = (result["connect"] + result["read"] + result["write"] + result["status"]
               + result["timeout"])
     samples = sampler.samples
@@ -552,6 +575,7 @@ def measure(server, workload, args, log_file):
         / max(requests, 1),
         "worker_cpu_us_per_req": cpu_delta(*_pair(cpu_before, cpu_after, 1)) * 1e6
         / max(requests, 1),
+        "foreign_cpu_pct": foreign_pct,
         "load_before": load_before,
         "load_after": load_after,
         "samples": len(samples),
@@ -657,8 +681,8 @@ def markdown(meta, rows, dap, failures):
     w("Versions: " + ", ".join("%s %s" % (k, v) for k, v in meta["versions"].items()) + ".")
     w("")
     w("| workload | server | req/s | p50 ms | p99 ms | errors | host RSS peak MiB "
-      "| all processes RSS peak MiB | targets, notes |")
-    w("|---|---|--:|--:|--:|--:|--:|--:|---|")
+      "| all processes RSS peak MiB | other CPU % | targets, notes |")
+    w("|---|---|--:|--:|--:|--:|--:|--:|--:|---|")
     tg = targets(rows, dap)
     for name, _, _, _ in WORKLOADS:
         for server in SERVERS:
@@ -667,7 +691,7 @@ def markdown(meta, rows, dap, failures):
                             and f["server"] == server), None)
             if r is None:
                 why = failure["why"] if failure else "not run"
-                w("| %s | %s | — | — | — | — | — | — | %s |" % (name, LABELS[server], why))
+                w("| %s | %s | — | — | — | — | — | — | — | %s |" % (name, LABELS[server], why))
                 continue
             marks = []
             if server == "fcgihost":
@@ -678,10 +702,16 @@ def markdown(meta, rows, dap, failures):
             if not r.get("healthy_after", True):
                 marks.append("⚠️ stopped answering once wrk closed its connections")
             label = "**%s**" % LABELS[server] if server == "fcgihost" else LABELS[server]
-            w("| %s | %s | %s | %s | %s | %d | %.1f | %.1f | %s |" % (
+            w("| %s | %s | %s | %s | %s | %d | %.1f | %.1f | %s | %s |" % (
                 name, label, fmt_rps(r["rps"]), fmt_ms(r["p50_ms"]), fmt_ms(r["p99_ms"]),
                 r["errors"], mib(r["front_rss_peak"]), mib(r["total_rss_peak"]),
+                "%.0f" % r["foreign_cpu_pct"] if "foreign_cpu_pct" in r else "—",
                 "<br>".join(marks)))
+    w("")
+    w("“other CPU %”: the share of the 2 cores that processes outside the benchmark (other "
+      "builds and tests on the machine) used during that measured run, from /proc/stat minus "
+      "the server's, wrk's and the driver's own CPU time; rows with a high value were "
+      "measured on a busy machine.")
     w("")
     w("![req/s per workload and server](benchmarks.svg)")
     w("")
@@ -826,6 +856,13 @@ def versions():
                                          text=True).stdout.split()[-1]
     except (OSError, IndexError):
         out["fcgihost"] = "?"
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                             capture_output=True, text=True).stdout.strip()
+        if rev:
+            out["fcgihost"] += " (%s)" % rev
+    except OSError:
+        pass
     for dist in ("gunicorn", "granian", "flup", "uWSGI", "Flask"):
         out[dist] = pip_version(dist)
     try:
@@ -836,6 +873,26 @@ def versions():
     except (OSError, IndexError):
         pass
     return out
+
+
+def foreign_busy_pct(seconds=1.0):
+    """Share (%) of all cores busy with processes outside this driver over `seconds`, while
+    no server of ours runs."""
+    b0, o0, t0 = busy_seconds(), own_seconds(), time.monotonic()
+    time.sleep(seconds)
+    b1, o1, t1 = busy_seconds(), own_seconds(), time.monotonic()
+    return max(0.0, 100.0 * ((b1 - b0) - (o1 - o0)) / ((t1 - t0) * (os.cpu_count() or 1)))
+
+
+def quiet_gate(max_wait, threshold):
+    """Before a server starts: wait up to max_wait seconds for the other processes on the
+    machine to use less than threshold % of the cores. Returns the last reading."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        pct = foreign_busy_pct()
+        if pct < threshold or time.monotonic() >= deadline:
+            return pct
+        time.sleep(1.0)
 
 
 def wait_for_quiet(minutes, threshold):
@@ -866,9 +923,24 @@ def main():
                     help="wait up to this many minutes for the 1-min load to drop below "
                     "--quiet-load before starting")
     ap.add_argument("--quiet-load", type=float, default=1.0)
+    ap.add_argument("--row-quiet-wait", type=float, default=0, metavar="SECONDS",
+                    help="before each server start, wait up to this long for other processes "
+                    "to use less than --row-quiet-pct of the cores")
+    ap.add_argument("--row-quiet-pct", type=float, default=10.0)
     ap.add_argument("--no-write", action="store_true",
                     help="do not touch docs/ (results JSON only)")
+    ap.add_argument("--render", metavar="JSON",
+                    help="only rewrite docs/ from a results file (bench/results/latest.json)")
     args = ap.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        block = markdown(saved["meta"], saved["rows"], saved["dap"], saved["failures"])
+        write_doc(block)
+        with open(SVG, "w") as f:
+            f.write(svg_chart(saved["meta"], saved["rows"]))
+        print(block)
+        return
     servers = [s for s in args.servers.split(",") if s]
     wanted = set(args.workloads.split(",")) if args.workloads else None
     workloads = [w for w in WORKLOADS if wanted is None or w[0] in wanted]
@@ -903,6 +975,10 @@ def main():
     try:
         for wl in workloads:
             for name in servers:
+                if args.row_quiet_wait > 0:
+                    pct = quiet_gate(args.row_quiet_wait, args.row_quiet_pct)
+                    if pct >= args.row_quiet_pct:
+                        log("other processes still use %.0f%% of the cores; going on" % pct)
                 server = SERVER_CLASSES[name](wl[1], workdir)
                 log("%s: starting (%s, port %d)" % (name, wl[1], server.port))
                 try:
