@@ -188,6 +188,41 @@ pub struct WorkerSnapshot {
     pub current: Option<CurrentRequest>,
 }
 
+/// A request waiting in the queue. If the request is abandoned (the client went away and
+/// its handler was dropped) while a worker is already on its way to it, dropping this
+/// returns that worker to the pool — otherwise the worker would stay "busy" forever.
+struct QueuedWait {
+    shared: Arc<Shared>,
+    id: u64,
+    rx: oneshot::Receiver<Result<Grant, Refusal>>,
+}
+
+impl QueuedWait {
+    /// Leaves the queue; returns what was sent before leaving, if anything.
+    fn withdraw(&mut self) -> Option<Result<Grant, Refusal>> {
+        self.rx.close();
+        self.shared.lock().waiters.retain(|w| w.id != self.id);
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for QueuedWait {
+    fn drop(&mut self) {
+        let Some(Ok(grant)) = self.withdraw() else {
+            return;
+        };
+        let mut state = self.shared.lock();
+        let worker = &mut state.workers[grant.worker];
+        if worker.generation == grant.generation && worker.phase == Phase::Busy {
+            worker.phase = Phase::Idle;
+            worker.conn = Some(grant.conn);
+        }
+        self.shared.serve_waiters(&mut state);
+        drop(state);
+        self.shared.idle_changed.notify_waiters();
+    }
+}
+
 struct Waiter {
     id: u64,
     grant: oneshot::Sender<Result<Grant, Refusal>>,
@@ -394,20 +429,18 @@ impl Pool {
                 .fetch_max(state.waiters.len(), Ordering::Relaxed);
             (id, rx)
         };
-        let (waiter_id, mut rx) = waiting;
-        let outcome = tokio::time::timeout(self.shared.settings().queue_timeout, &mut rx).await;
+        let (id, rx) = waiting;
+        let mut wait = QueuedWait {
+            shared: self.shared.clone(),
+            id,
+            rx,
+        };
+        let outcome =
+            tokio::time::timeout(self.shared.settings().queue_timeout, &mut wait.rx).await;
         let granted = match outcome {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Refusal::ShuttingDown),
-            Err(_) => {
-                let mut state = self.shared.lock();
-                state.waiters.retain(|w| w.id != waiter_id);
-                drop(state);
-                match rx.try_recv() {
-                    Ok(result) => result,
-                    Err(_) => Err(Refusal::QueueTimeout),
-                }
-            }
+            Err(_) => wait.withdraw().unwrap_or(Err(Refusal::QueueTimeout)),
         };
         let grant = granted?;
         let mut state = self.shared.lock();
