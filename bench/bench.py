@@ -947,9 +947,10 @@ def main():
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(1))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     os.makedirs(RESULTS, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="fcgihost-bench-")
-    wrk_log = os.path.join(RESULTS, "wrk.log")
+    wrk_log = os.path.join(RESULTS, "no-write-wrk.log" if args.no_write else "wrk.log")
     open(wrk_log, "w").close()
 
     if args.quiet_wait > 0:
@@ -1022,7 +1023,9 @@ def main():
         stop_all()
     meta["load_end"] = loadavg()
     meta["seconds"] = round(time.monotonic() - t0)
-    with open(os.path.join(RESULTS, "latest.json"), "w") as f:
+    # A --no-write run (e.g. --quick) keeps latest.json, which docs/ was rendered from.
+    name = "no-write.json" if args.no_write else "latest.json"
+    with open(os.path.join(RESULTS, name), "w") as f:
         json.dump({"meta": meta, "rows": rows, "dap": dap, "failures": failures}, f, indent=1)
     block = markdown(meta, rows, dap, failures)
     if not args.no_write:
