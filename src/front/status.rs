@@ -388,47 +388,30 @@ impl StatusPage {
             let n = workers.iter().filter(|w| w.state == state).count();
             let _ = writeln!(out, "fcgihost_workers{{state=\"{state}\"}} {n}");
         }
-        metric(
+        per_worker_metric(
             &mut out,
             "fcgihost_worker_requests_total",
             "counter",
             "Requests served by each worker slot.",
+            workers,
+            |w| Some(w.requests),
         );
-        for w in workers {
-            let _ = writeln!(
-                out,
-                "fcgihost_worker_requests_total{{worker=\"{}\"}} {}",
-                w.id, w.requests
-            );
-        }
-        metric(
+        per_worker_metric(
             &mut out,
             "fcgihost_worker_respawns_total",
             "counter",
             "Worker processes started again in each slot.",
+            workers,
+            |w| Some(u64::from(w.respawns)),
         );
-        for w in workers {
-            let _ = writeln!(
-                out,
-                "fcgihost_worker_respawns_total{{worker=\"{}\"}} {}",
-                w.id, w.respawns
-            );
-        }
-        metric(
+        per_worker_metric(
             &mut out,
             "fcgihost_worker_rss_bytes",
             "gauge",
             "Resident memory of each worker process.",
+            workers,
+            |w| w.rss,
         );
-        for w in workers {
-            if let Some(rss) = w.rss {
-                let _ = writeln!(
-                    out,
-                    "fcgihost_worker_rss_bytes{{worker=\"{}\"}} {rss}",
-                    w.id
-                );
-            }
-        }
         let m = &self.metrics;
         metric(
             &mut out,
@@ -660,6 +643,24 @@ fn wants_html(parts: &http::request::Parts) -> bool {
 fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One series per worker slot (`name{worker="ID"} value`); workers without a value (no
+/// process, or no RSS reading) are left out.
+fn per_worker_metric(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    workers: &[WorkerView],
+    value: impl Fn(&WorkerView) -> Option<u64>,
+) {
+    metric(out, name, kind, help);
+    for w in workers {
+        if let Some(v) = value(w) {
+            let _ = writeln!(out, "{name}{{worker=\"{}\"}} {v}", w.id);
+        }
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ResponseBody> {
