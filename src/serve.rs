@@ -218,6 +218,8 @@ fn pool_settings(config: &Config, spec: WorkerSpec) -> PoolSettings {
     PoolSettings {
         workers: config.workers,
         max_queue: config.max_queue,
+        pipeline_depth: config.pipeline_depth,
+        pipeline_window: config.pipeline_window,
         queue_timeout: config.queue_timeout,
         request_timeout: config.request_timeout,
         max_pause: config.debug.max_pause,

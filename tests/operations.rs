@@ -60,7 +60,11 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
 
 #[test]
 fn status_json_shows_the_busy_worker_its_path_and_the_queue() {
-    let host = plain_with(1, &format!("status_path = \"{STATUS}\"\n"));
+    // No pipelining: the second request must wait in the queue, not behind the first.
+    let host = plain_with(
+        1,
+        &format!("status_path = \"{STATUS}\"\npipeline_depth = 0\n"),
+    );
     let mut first = Value::Null;
     assert!(
         wait_until(T, || {

@@ -840,7 +840,12 @@ fn two_hundred_concurrent_requests_over_four_workers_all_answered_correctly() {
 
 #[test]
 fn queue_overflow_gets_503_with_retry_after() {
-    let host = Host::start(HostOpts::plain().workers(1).config("max_queue = 1\n"));
+    // No pipelining: the queue's one slot is what is tested.
+    let host = Host::start(
+        HostOpts::plain()
+            .workers(1)
+            .config("max_queue = 1\npipeline_depth = 0\n"),
+    );
     let release = host.dir().join("release");
     let (tx, rx) = mpsc::channel();
     let spawn = |tag: &'static str| {

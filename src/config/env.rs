@@ -99,6 +99,10 @@ pub(super) fn read(
     )?;
     r.set(&mut p.workers, &["FCGIHOST_WORKERS"], count(1))?;
     r.set(&mut p.max_queue, &["FCGIHOST_MAX_QUEUE"], count(0))?;
+    r.set(&mut p.pipeline_depth, &["FCGIHOST_PIPELINE_DEPTH"], |s| {
+        count(0)(s).and_then(values::check_pipeline_depth)
+    })?;
+    r.set(&mut p.pipeline_window, &["FCGIHOST_PIPELINE_WINDOW"], dur)?;
     r.set(&mut p.queue_timeout, &["FCGIHOST_QUEUE_TIMEOUT"], dur)?;
     r.set(
         &mut p.request_timeout,

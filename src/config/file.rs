@@ -32,6 +32,8 @@ struct FileTop {
     trusted_proxies: V,
     workers: V,
     max_queue: V,
+    pipeline_depth: V,
+    pipeline_window: V,
     queue_timeout: V,
     request_timeout: V,
     graceful_timeout: V,
@@ -98,6 +100,8 @@ const TABLES: &[(&str, &[&str])] = &[
             "trusted_proxies",
             "workers",
             "max_queue",
+            "pipeline_depth",
+            "pipeline_window",
             "queue_timeout",
             "request_timeout",
             "graceful_timeout",
@@ -268,6 +272,18 @@ impl Ctx<'_> {
         self.set(&mut p.max_queue, &top.max_queue, "max_queue", |v| {
             count(v, 0)
         })?;
+        self.set(
+            &mut p.pipeline_depth,
+            &top.pipeline_depth,
+            "pipeline_depth",
+            |v| count(v, 0).and_then(values::check_pipeline_depth),
+        )?;
+        self.set(
+            &mut p.pipeline_window,
+            &top.pipeline_window,
+            "pipeline_window",
+            duration,
+        )?;
         self.set(
             &mut p.queue_timeout,
             &top.queue_timeout,

@@ -464,3 +464,16 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
         .count()
         + 1
 }
+
+/// Most requests `pipeline_depth` may put behind a running one: each waits for the one
+/// before it, so a deep pipeline only lengthens the wait behind a slow request.
+pub const MAX_PIPELINE_DEPTH: usize = 8;
+
+/// Checks `pipeline_depth` against [`MAX_PIPELINE_DEPTH`].
+pub(super) fn check_pipeline_depth(n: usize) -> Result<usize, String> {
+    if n > MAX_PIPELINE_DEPTH {
+        Err(format!("must be at most {MAX_PIPELINE_DEPTH} (got {n})"))
+    } else {
+        Ok(n)
+    }
+}

@@ -217,6 +217,7 @@ mod tests {
                 path: "/view/<script>".into(),
                 started: Instant::now(),
             }),
+            pipelined: 0,
         }
     }
 

@@ -219,7 +219,9 @@ impl Front {
             // has attached, so the first request can be debugged.
             proxy.wait_for_debugger().await;
         }
-        let lease = match self.pool.acquire(current).await {
+        let records = records.freeze();
+        let pipelinable = body.is_none().then_some(&records);
+        let lease = match self.pool.acquire(current, pipelinable).await {
             Ok(lease) => lease,
             Err(refusal) => {
                 let response = self.refusal_page(&refusal, remote);
@@ -239,6 +241,9 @@ impl Front {
             Err(Failure::BadGateway) => pages::bad_gateway(),
             Err(Failure::Timeout) => pages::gateway_timeout(),
             Err(Failure::BodyTooLarge) => body_too_large(body_limit.unwrap_or(0)),
+            Err(Failure::Unavailable) => pages::busy(
+                "The worker serving this request was lost and no other worker became free.",
+            ),
         }
     }
 

@@ -24,9 +24,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// hyper's default read-buffer cap (`8192 + 4096 * 100`); raised when the header limit
-/// needs more.
-const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
+/// The smallest read-buffer cap hyper accepts (it asserts on less).
+const HYPER_MIN_MAX_BUF: usize = 8192;
+
+/// Room beyond the largest request head in a connection's read buffer. hyper keeps reading
+/// a connection whose response is pending (to notice the client leaving), so a queued
+/// upload fills its buffer up to the cap: hyper's own cap (408 KiB) made 30 queued 1 MiB
+/// uploads hold 12 MiB; the head limit plus this holds about 2 MiB.
+const READ_BUF_SLACK: usize = 8192;
 
 /// hyper's default number of headers (above it, hyper allocates the parser's table per
 /// request, so it is only set when different).
@@ -68,9 +73,11 @@ impl ConnLimits {
             .max_header_size(self.max_header_size)
             // The watchdog keeps the header read timeout (see the module docs).
             .header_read_timeout(None);
-        if self.max_header_size > HYPER_DEFAULT_MAX_BUF {
-            builder.max_buf_size(self.max_header_size.saturating_add(8192));
-        }
+        builder.max_buf_size(
+            self.max_header_size
+                .saturating_add(READ_BUF_SLACK)
+                .max(HYPER_MIN_MAX_BUF),
+        );
         if self.max_headers != HYPER_DEFAULT_MAX_HEADERS {
             builder.max_headers(self.max_headers);
         }

@@ -383,6 +383,13 @@ impl StatusPage {
             "Requests that may wait for a worker (max_queue).",
         );
         let _ = writeln!(out, "fcgihost_queue_capacity {}", stats.max_queue);
+        metric(
+            &mut out,
+            "fcgihost_pipelined_requests_total",
+            "counter",
+            "Requests written behind a running one on a busy worker (pipeline_depth).",
+        );
+        let _ = writeln!(out, "fcgihost_pipelined_requests_total {}", stats.pipelined);
         metric(&mut out, "fcgihost_workers", "gauge", "Workers by state.");
         for state in STATES {
             let n = workers.iter().filter(|w| w.state == state).count();
@@ -487,6 +494,8 @@ struct WorkerView {
     rss: Option<u64>,
     debuggers: u32,
     current: Option<Value>,
+    /// Requests written behind the current one (pipelining).
+    pipelined: usize,
 }
 
 impl WorkerView {
@@ -524,6 +533,7 @@ impl WorkerView {
             rss: w.pid.and_then(resident_bytes),
             debuggers: w.debuggers,
             current,
+            pipelined: w.pipelined,
         }
     }
 }
@@ -541,6 +551,7 @@ fn status_json(stats: &PoolStats, workers: &[WorkerView]) -> Value {
         "queue_length": stats.queue_len,
         "max_queue_length": stats.max_queue_seen,
         "queue_capacity": stats.max_queue,
+        "pipelined_requests": stats.pipelined,
         "idle_workers": count("idle"),
         "busy_workers": count("busy"),
         "paused_workers": count("paused"),
@@ -556,6 +567,7 @@ fn status_json(stats: &PoolStats, workers: &[WorkerView]) -> Value {
             "rss_bytes": w.rss,
             "debuggers": w.debuggers,
             "current": w.current,
+            "pipelined": w.pipelined,
         })).collect::<Vec<_>>(),
     })
 }
@@ -583,14 +595,14 @@ td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}th{background:#f4f
             );
         }
     }
-    out.push_str("</table><h2>Workers</h2><table><tr><th>id</th><th>pid</th><th>state</th><th>requests</th><th>respawns</th><th>RSS</th><th>debuggers</th><th>method</th><th>path</th><th>running ms</th><th>paused ms</th></tr>");
+    out.push_str("</table><h2>Workers</h2><table><tr><th>id</th><th>pid</th><th>state</th><th>requests</th><th>respawns</th><th>RSS</th><th>debuggers</th><th>method</th><th>path</th><th>running ms</th><th>paused ms</th><th>pipelined</th></tr>");
     let none = Value::Null;
     for w in doc["workers"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         let current = &w["current"];
         let get = |v: &Value, k: &str| field(v.get(k).unwrap_or(&none));
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             get(w, "id"),
             get(w, "pid"),
             get(w, "state"),
@@ -602,6 +614,7 @@ td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}th{background:#f4f
             get(current, "path"),
             get(current, "running_ms"),
             get(current, "paused_ms"),
+            get(w, "pipelined"),
         );
     }
     let _ = write!(

@@ -268,6 +268,19 @@ pub fn put_abort_request(buf: &mut BytesMut, request_id: u16) {
     put_small_record(buf, RecordType::AbortRequest, request_id, &[]);
 }
 
+/// Rewrites the request id of every record in `records` (whole records, as the `put_*`
+/// functions write them), so a request's records can be built before its connection
+/// assigns the id. A trailing partial header is left alone.
+pub fn set_request_id(records: &mut [u8], request_id: u16) {
+    let id = request_id.to_be_bytes();
+    let mut at = 0;
+    while let Some(header) = records.get_mut(at..at + HEADER_LEN) {
+        header[2..4].copy_from_slice(&id);
+        let content = usize::from(u16::from_be_bytes([header[4], header[5]]));
+        at += HEADER_LEN + content + usize::from(header[6]);
+    }
+}
+
 /// Ends a request (application side, for tests and the FastCGI front door): END_REQUEST.
 pub fn put_end_request(
     buf: &mut BytesMut,
@@ -813,6 +826,38 @@ pub fn parse_name_values(content: &[u8]) -> Result<Vec<NameValue<'_>>, FcgiError
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn set_request_id_rewrites_every_record_and_keeps_the_content() {
+        let mut buf = BytesMut::new();
+        put_begin_request(&mut buf, 1, Role::Responder, true);
+        put_stream(&mut buf, RecordType::Params, 1, &[0x80; 300]);
+        put_stream(&mut buf, RecordType::Params, 1, &[]);
+        put_stream(&mut buf, RecordType::Stdin, 1, &[]);
+        let before = buf.clone();
+        set_request_id(&mut buf, 7);
+        let mut decoder = RecordDecoder::default();
+        let mut kinds = Vec::new();
+        let mut original = before.clone();
+        while let Some(record) = decoder.decode(&mut buf).expect("valid records") {
+            let old = decoder
+                .decode(&mut original)
+                .expect("valid")
+                .expect("same count");
+            assert_eq!(record.request_id, 7);
+            assert_eq!(record.content, old.content);
+            kinds.push(record.kind);
+        }
+        assert!(original.is_empty());
+        assert_eq!(
+            kinds,
+            [
+                RecordType::BeginRequest,
+                RecordType::Params,
+                RecordType::Params,
+                RecordType::Stdin
+            ]
+        );
+    }
 
     fn decode_all(buf: &mut BytesMut) -> Vec<Record> {
         let mut dec = RecordDecoder::default();

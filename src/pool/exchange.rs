@@ -6,6 +6,9 @@
 //! time passes `slow_request_threshold` gets its worker's Python stacks logged, and so does
 //! one about to be killed for the timeout; a paused request is neither (its clock stands).
 //! A request body longer than `max_body_size` is cut off (413 while the head is unsent).
+//! A request written behind another one (pipelining) waits for the connection, starts
+//! its clock when it gets it, and goes back to the dispatcher if its worker is lost first;
+//! whichever exchange holds the connection writes the records of the requests behind it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,7 +29,8 @@ use crate::front::access_log::{AccessLog, Outcome as LogOutcome};
 use crate::gateway::fcgi::{self, EndRequest, RecordDecoder, RecordType};
 use crate::gateway::response::{parse_cgi_head, CgiHead, HeadParse, MAX_HEAD};
 
-/// FastCGI request id used on worker connections (one request in flight per connection).
+/// FastCGI request id records are built with; the connection may assign another one to a
+/// request written behind a running one ([`super::Lease::fcgi_id`]).
 pub const REQUEST_ID: u16 = 1;
 
 /// How long a worker about to be killed for the timeout gets to report its stacks.
@@ -56,6 +60,8 @@ pub enum Failure {
     Timeout,
     /// The request body passed `max_body_size`: 413.
     BodyTooLarge,
+    /// The worker was lost before the request started and no other worker took it: 503.
+    Unavailable,
 }
 
 /// Identity of a request for logs.
@@ -140,10 +146,10 @@ impl Body for ChannelBody {
 
 /// Starts the exchange on `lease` and returns once the response head is known.
 /// `records` already holds BEGIN_REQUEST and PARAMS (and the empty STDIN when there is no
-/// body).
+/// body), with request id [`REQUEST_ID`].
 pub async fn start<B: RequestBody>(
     lease: Lease,
-    records: BytesMut,
+    records: Bytes,
     body: Option<B>,
     meta: RequestMeta,
     limit: Option<Duration>,
@@ -191,16 +197,52 @@ enum WriteSide {
 
 async fn drive<B: RequestBody>(
     mut lease: Lease,
-    records: BytesMut,
+    records: Bytes,
     body: Option<(B, Option<u64>)>,
     meta: RequestMeta,
     limit: Option<Duration>,
     head_tx: oneshot::Sender<Result<CgiHead, Failure>>,
     body_tx: mpsc::Sender<Result<Bytes, BodyError>>,
 ) {
+    let request_id = meta.request_id;
+    let conn = loop {
+        if let Some(conn) = lease.take_conn().await {
+            break conn;
+        }
+        if !lease.written_behind() {
+            let _ = head_tx.send(Err(Failure::BadGateway));
+            return;
+        }
+        // Written behind a request whose worker was lost: this one never ran.
+        tracing::debug!(
+            worker = lease.worker(),
+            pid = lease.pid(),
+            request_id,
+            "worker lost before the request started; dispatching it again"
+        );
+        let current = super::CurrentRequest {
+            request_id,
+            method: meta.method.clone(),
+            path: meta.path.clone(),
+            started: meta.received,
+        };
+        match lease.requeue(current, &records).await {
+            Ok(next) => lease = next,
+            Err(refusal) => {
+                tracing::warn!(
+                    request_id,
+                    ?refusal,
+                    "no worker for a request sent back to the queue"
+                );
+                let _ = head_tx.send(Err(Failure::Unavailable));
+                log_access(&meta, None, 503, 0);
+                return;
+            }
+        }
+    };
     let worker = lease.worker();
     let pid = lease.pid();
-    let request_id = meta.request_id;
+    let fcgi_id = lease.fcgi_id();
     let mut pause = lease.pause_signal();
     let settings = lease.shared.settings();
     let max_pause = settings.max_pause;
@@ -212,10 +254,6 @@ async fn drive<B: RequestBody>(
         clock.pause(Instant::now());
     }
     lease.publish_clock(&clock);
-    let Some(conn) = lease.take_conn() else {
-        let _ = head_tx.send(Err(Failure::BadGateway));
-        return;
-    };
     let super::conn::WorkerConn {
         mut read,
         mut write,
@@ -224,16 +262,20 @@ async fn drive<B: RequestBody>(
     } = conn;
 
     let mut head_tx = Some(head_tx);
-    if let Err(err) = write.write_all(&records).await {
-        tracing::warn!(worker, pid, request_id, error = %err, "worker connection failed");
-        let _ = head_tx.take().map(|tx| tx.send(Err(Failure::BadGateway)));
-        log_access(&meta, Some((worker, pid)), 502, 0);
-        return;
+    let own = (!lease.written_behind()).then(|| with_request_id(records, fcgi_id));
+    let behind = lease.take_outbox();
+    for chunk in [own, behind].into_iter().flatten() {
+        if let Err(err) = write.write_all(&chunk).await {
+            tracing::warn!(worker, pid, request_id, error = %err, "worker connection failed");
+            let _ = head_tx.take().map(|tx| tx.send(Err(Failure::BadGateway)));
+            log_access(&meta, Some((worker, pid)), 502, 0);
+            return;
+        }
     }
     let mut write_side = match body {
-        Some((body, body_limit)) => {
-            WriteSide::Pumping(Box::pin(pump_stdin(body, body_limit, write, write_buf)))
-        }
+        Some((body, body_limit)) => WriteSide::Pumping(Box::pin(pump_stdin(
+            body, body_limit, fcgi_id, write, write_buf,
+        ))),
         None => WriteSide::Idle(write, write_buf),
     };
 
@@ -252,6 +294,12 @@ async fn drive<B: RequestBody>(
                 Ok(None) => break,
                 Err(err) => break 'exchange Outcome::Malformed(err.to_string()),
             };
+            if record.request_id != fcgi_id {
+                break 'exchange Outcome::Malformed(format!(
+                    "record for request id {} while request id {fcgi_id} runs",
+                    record.request_id
+                ));
+            }
             match record.kind {
                 RecordType::Stdout if head_tx.is_some() => {
                     head_buf.extend_from_slice(&record.content);
@@ -299,7 +347,7 @@ async fn drive<B: RequestBody>(
             if let WriteSide::Idle(write, buf) = &mut write_side {
                 abort_sent = true;
                 buf.clear();
-                fcgi::put_abort_request(buf, REQUEST_ID);
+                fcgi::put_abort_request(buf, fcgi_id);
                 let _ = write.write_all(buf).await;
                 buf.clear();
             }
@@ -323,6 +371,7 @@ async fn drive<B: RequestBody>(
             .min()
             .map(tokio::time::Instant::from_std);
         let pumping = matches!(write_side, WriteSide::Pumping(_));
+        let writable = matches!(write_side, WriteSide::Idle(..));
         tokio::select! {
             biased;
             _ = async { match wake { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
@@ -359,6 +408,13 @@ async fn drive<B: RequestBody>(
                         tracing::warn!(worker, pid, request_id, paused_s = paused.as_secs(), "debugger pause exceeded debug.max_pause; the request clock runs again");
                         clock.resume(now);
                         lease.publish_clock(&clock);
+                    }
+                }
+            }
+            () = lease.outbox_filled(), if writable => {
+                if let (Some(records), WriteSide::Idle(write, _)) = (lease.take_outbox(), &mut write_side) {
+                    if let Err(err) = write.write_all(&records).await {
+                        break 'exchange Outcome::WorkerLost(err.to_string());
                     }
                 }
             }
@@ -511,6 +567,7 @@ async fn fail(
                 Failure::BadGateway => 502,
                 Failure::Timeout => 504,
                 Failure::BodyTooLarge => 413,
+                Failure::Unavailable => 503,
             };
             let _ = tx.send(Err(failure));
         }
@@ -525,6 +582,7 @@ async fn fail(
 async fn pump_stdin<B: RequestBody>(
     mut body: B,
     limit: Option<u64>,
+    fcgi_id: u16,
     mut write: OwnedWriteHalf,
     mut buf: BytesMut,
 ) -> (OwnedWriteHalf, BytesMut, Result<(), PumpError>) {
@@ -542,18 +600,28 @@ async fn pump_stdin<B: RequestBody>(
                     return Err(PumpError::TooLarge);
                 }
                 buf.clear();
-                fcgi::put_stream(&mut buf, RecordType::Stdin, REQUEST_ID, &data);
+                fcgi::put_stream(&mut buf, RecordType::Stdin, fcgi_id, &data);
                 write.write_all(&buf).await.map_err(|e| broken(&e))?;
             }
         }
         buf.clear();
-        fcgi::put_stream(&mut buf, RecordType::Stdin, REQUEST_ID, &[]);
+        fcgi::put_stream(&mut buf, RecordType::Stdin, fcgi_id, &[]);
         write.write_all(&buf).await.map_err(|e| broken(&e))?;
         buf.clear();
         Ok(())
     }
     .await;
     (write, buf, result)
+}
+
+/// `records` (built with [`REQUEST_ID`]) as request `fcgi_id`.
+fn with_request_id(records: Bytes, fcgi_id: u16) -> Bytes {
+    if fcgi_id == REQUEST_ID {
+        return records;
+    }
+    let mut patched = BytesMut::from(&records[..]);
+    fcgi::set_request_id(&mut patched, fcgi_id);
+    patched.freeze()
 }
 
 fn log_stderr(worker: usize, pid: u32, request_id: u64, content: &[u8]) {

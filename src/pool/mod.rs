@@ -2,6 +2,14 @@
 //! ([`supervisor`]), and the dispatcher that hands each request to an idle worker or
 //! parks it in a bounded queue. A worker serves one request at a time, so pause, timeout
 //! and kill act on exactly one request.
+//!
+//! Pipelining (`pipeline_depth`): when every worker is busy, a request without a body may
+//! be written behind the running one on a busy worker's connection, so the worker finds
+//! it waiting instead of sleeping until the host sends it. It still runs strictly after
+//! the one before it; its request clock starts only then. If the worker dies, is killed
+//! or its connection is dropped before the request starts, the request goes back to the
+//! front of the queue and runs elsewhere. Off in debug mode (a paused request would hold
+//! the ones behind it) and for a custom `worker.command`.
 
 pub mod conn;
 pub mod control;
@@ -17,6 +25,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::deadline::RequestClock;
@@ -32,6 +41,10 @@ use transport::WorkerAddr;
 pub struct PoolSettings {
     pub workers: usize,
     pub max_queue: usize,
+    /// Requests that may wait behind the running one on a busy worker's connection.
+    pub pipeline_depth: usize,
+    /// ...only while the running one has run less than this.
+    pub pipeline_window: Duration,
     pub queue_timeout: Duration,
     pub request_timeout: Option<Duration>,
     /// `debug.max_pause`: longest time one debugger pause stops a request's clock.
@@ -147,6 +160,18 @@ pub struct WorkerState {
     recycle_after: u64,
     /// Where its FastCGI connections go (None while no worker is in service).
     addr: Option<WorkerAddr>,
+    /// Requests written behind the running one (pipelining), in order.
+    followers: VecDeque<Follower>,
+    /// Followers' records not yet written to the connection: the exchange holding the
+    /// connection writes them, in order, when `signals.outbox` wakes it.
+    outbox: BytesMut,
+    /// The running request has no body, so followers may be written behind it.
+    pipelinable: bool,
+    /// The FastCGI request id of the running request (followers take the next ones).
+    running_fcgi_id: u16,
+    /// When the running request got the connection (followers only within
+    /// `pipeline_window` of it).
+    running_since: Instant,
 }
 
 impl WorkerState {
@@ -170,9 +195,38 @@ impl WorkerState {
             retiring: false,
             served: 0,
             recycle_after: u64::MAX,
+            followers: VecDeque::new(),
+            outbox: BytesMut::new(),
+            pipelinable: false,
+            running_fcgi_id: FIRST_FCGI_ID,
+            running_since: Instant::now(),
         }
     }
+
+    /// Sends every follower back to the dispatcher: the connection they were written on
+    /// is gone before they started (dropping a relay tells its exchange).
+    fn drop_followers(&mut self) {
+        self.followers.clear();
+        self.outbox.clear();
+    }
+
+    /// The FastCGI id for a request written behind the last one in flight. Ids run
+    /// 1..=MAX_PIPELINE_DEPTH+1 in a cycle, so the at most `depth + 1` requests in flight
+    /// on a connection always carry different ids.
+    fn next_fcgi_id(&self) -> u16 {
+        let last = self
+            .followers
+            .back()
+            .map_or(self.running_fcgi_id, |f| f.fcgi_id);
+        last % FCGI_ID_CYCLE + 1
+    }
 }
+
+/// The FastCGI request id of a request on an idle worker.
+const FIRST_FCGI_ID: u16 = 1;
+
+/// Length of the cycle of FastCGI request ids on one worker connection.
+const FCGI_ID_CYCLE: u16 = crate::config::MAX_PIPELINE_DEPTH as u16 + 1;
 
 /// A read-only copy of a worker's state for pages and logs.
 #[derive(Debug, Clone)]
@@ -186,6 +240,8 @@ pub struct WorkerSnapshot {
     pub requests: u64,
     pub respawns: u32,
     pub current: Option<CurrentRequest>,
+    /// Requests written behind the current one (pipelining), waiting their turn.
+    pub pipelined: usize,
 }
 
 /// A request waiting in the queue. If the request is abandoned (the client went away and
@@ -211,11 +267,20 @@ impl Drop for QueuedWait {
         let Some(Ok(grant)) = self.withdraw() else {
             return;
         };
+        let conn = match grant.place {
+            Place::Running(conn) => conn,
+            Place::Behind(relay) => {
+                self.shared
+                    .abandon_behind(grant.worker, grant.generation, relay);
+                return;
+            }
+        };
         let mut state = self.shared.lock();
         let worker = &mut state.workers[grant.worker];
         if worker.generation == grant.generation && worker.phase == Phase::Busy {
-            worker.phase = Phase::Idle;
-            worker.conn = Some(grant.conn);
+            // Nothing was written on the connection for this request: it is clean, and
+            // requests written behind it meanwhile run next.
+            hand_on(worker, Some(conn));
         }
         self.shared.serve_waiters(&mut state);
         drop(state);
@@ -226,6 +291,9 @@ impl Drop for QueuedWait {
 struct Waiter {
     id: u64,
     grant: oneshot::Sender<Result<Grant, Refusal>>,
+    /// The request's records when it has no body (it may then wait behind a busy
+    /// worker's running request), with its identity for the worker table.
+    pipelinable: Option<(Bytes, CurrentRequest)>,
 }
 
 /// A worker handed to one request (plain data: no Drop, so it can bounce back safely).
@@ -233,7 +301,28 @@ struct Grant {
     worker: usize,
     generation: u64,
     pid: u32,
-    conn: WorkerConn,
+    /// The FastCGI request id the request's records carry on this connection.
+    fcgi_id: u16,
+    place: Place,
+}
+
+/// Where a granted request stands on its worker's connection.
+enum Place {
+    /// The worker was idle: the request runs now, on this connection.
+    Running(WorkerConn),
+    /// The request was written behind the running one (pipelining); the connection comes
+    /// here when the requests before it end, or the sender is dropped when the worker is
+    /// lost first.
+    Behind(oneshot::Receiver<WorkerConn>),
+}
+
+/// A request written behind the running one on a worker's connection.
+#[derive(Debug)]
+struct Follower {
+    /// Receives the connection when the request before it ends.
+    relay: oneshot::Sender<WorkerConn>,
+    fcgi_id: u16,
+    current: CurrentRequest,
 }
 
 struct State {
@@ -264,6 +353,8 @@ struct SlotSignals {
     /// Control channels of this slot's live worker processes by generation (a replaced
     /// worker may still finish a request while its successor serves).
     controls: Mutex<Vec<(u64, Weak<Control>)>>,
+    /// Wakes the exchange holding the connection: followers' records wait in the outbox.
+    outbox: Notify,
 }
 
 impl SlotSignals {
@@ -273,6 +364,7 @@ impl SlotSignals {
             recycle: Notify::new(),
             clock: Mutex::new(None),
             controls: Mutex::new(Vec::new()),
+            outbox: Notify::new(),
         })
     }
 
@@ -310,6 +402,8 @@ struct Counters {
     accepted: AtomicU64,
     /// The longest the wait queue has been.
     max_queue_seen: AtomicUsize,
+    /// Requests written behind a running one (pipelining).
+    pipelined: AtomicU64,
 }
 
 /// Pool-wide figures for the status page and the metrics endpoint.
@@ -327,6 +421,8 @@ pub struct PoolStats {
     pub max_queue_seen: usize,
     /// The queue's capacity (`max_queue`).
     pub max_queue: usize,
+    /// Requests written behind a running one since the start (pipelining).
+    pub pipelined: u64,
 }
 
 pub(crate) struct Shared {
@@ -384,6 +480,7 @@ impl Pool {
                 started: Instant::now(),
                 accepted: AtomicU64::new(0),
                 max_queue_seen: AtomicUsize::new(0),
+                pipelined: AtomicU64::new(0),
             },
         });
         for id in 0..shared.settings().workers {
@@ -397,32 +494,64 @@ impl Pool {
         self.shared.settings()
     }
 
-    /// Waits for an idle worker (bounded queue, `queue_timeout`) and leases it.
-    pub async fn acquire(&self, current: CurrentRequest) -> Result<Lease, Refusal> {
+    /// Waits for an idle worker (bounded queue, `queue_timeout`) and leases it. `records`
+    /// are the request's FastCGI records when it has no body: with `pipeline_depth`, it may
+    /// then be written behind the running request of a busy worker instead of waiting.
+    pub async fn acquire(
+        &self,
+        current: CurrentRequest,
+        records: Option<&Bytes>,
+    ) -> Result<Lease, Refusal> {
         self.shared
             .counters
             .accepted
             .fetch_add(1, Ordering::Relaxed);
+        self.acquire_at(current, records, false).await
+    }
+
+    /// [`Pool::acquire`]; `again` puts a request whose worker was lost before it started
+    /// at the front of the queue (it has waited its turn already) and past `max_queue`.
+    async fn acquire_at(
+        &self,
+        current: CurrentRequest,
+        records: Option<&Bytes>,
+        again: bool,
+    ) -> Result<Lease, Refusal> {
         let waiting = {
             let mut state = self.shared.lock();
             if state.closing {
                 return Err(Refusal::ShuttingDown);
             }
-            if let Some(grant) = take_idle(&mut state) {
+            if let Some(grant) = take_idle(&mut state, records.is_some()) {
                 return Ok(self.lease(&mut state, grant, current));
+            }
+            // Behind a busy worker's request, but never ahead of a queued request.
+            if let Some(records) = records.filter(|_| again || state.waiters.is_empty()) {
+                if let Some(grant) = self.shared.place_behind(&mut state, records, &current) {
+                    return Ok(self.lease(&mut state, grant, current));
+                }
             }
             if let Some(failure) = state.failure.clone() {
                 if !state.workers.iter().any(|w| w.phase == Phase::Busy) {
                     return Err(Refusal::AppBroken(failure));
                 }
             }
-            if state.waiters.len() >= self.shared.settings().max_queue {
+            if !again && state.waiters.len() >= self.shared.settings().max_queue {
                 return Err(Refusal::QueueFull);
             }
             let (tx, rx) = oneshot::channel();
             let id = state.next_waiter;
             state.next_waiter += 1;
-            state.waiters.push_back(Waiter { id, grant: tx });
+            let waiter = Waiter {
+                id,
+                grant: tx,
+                pipelinable: records.map(|r| (r.clone(), current.clone())),
+            };
+            if again {
+                state.waiters.push_front(waiter);
+            } else {
+                state.waiters.push_back(waiter);
+            }
             self.shared
                 .counters
                 .max_queue_seen
@@ -449,14 +578,24 @@ impl Pool {
 
     fn lease(&self, state: &mut State, grant: Grant, current: CurrentRequest) -> Lease {
         let worker = &mut state.workers[grant.worker];
-        worker.current = Some(current);
+        let (conn, relay) = match grant.place {
+            Place::Running(conn) => {
+                worker.current = Some(current);
+                (Some(conn), None)
+            }
+            Place::Behind(relay) => (None, Some(relay)),
+        };
         Lease {
             shared: self.shared.clone(),
             signals: worker.signals.clone(),
             worker: grant.worker,
             generation: grant.generation,
             pid: grant.pid,
-            conn: Some(grant.conn),
+            fcgi_id: grant.fcgi_id,
+            started: relay.is_none(),
+            behind: relay.is_some(),
+            conn,
+            relay,
             reusable: false,
             killed: false,
         }
@@ -545,6 +684,7 @@ impl Pool {
                 requests: w.requests,
                 respawns: w.respawns,
                 current: w.current.clone(),
+                pipelined: w.followers.len(),
             })
             .collect()
     }
@@ -564,6 +704,7 @@ impl Pool {
             queue_len: self.queue_len(),
             max_queue_seen: counters.max_queue_seen.load(Ordering::Relaxed),
             max_queue: self.settings().max_queue,
+            pipelined: counters.pipelined.load(Ordering::Relaxed),
         }
     }
 
@@ -672,6 +813,7 @@ impl Pool {
                 .iter_mut()
                 .filter_map(|w| {
                     w.conn = None;
+                    w.drop_followers();
                     w.pid.map(|pid| (pid, w.signals.control(w.generation)))
                 })
                 .collect()
@@ -694,7 +836,8 @@ impl Pool {
 }
 
 /// Picks an idle worker: one with a debugger attached first, else the lowest id.
-fn take_idle(state: &mut State) -> Option<Grant> {
+/// `pipelinable`: the request has no body, so others may be written behind it.
+fn take_idle(state: &mut State, pipelinable: bool) -> Option<Grant> {
     let pick = state
         .workers
         .iter()
@@ -702,13 +845,87 @@ fn take_idle(state: &mut State) -> Option<Grant> {
         .min_by_key(|w| (w.debuggers == 0, w.id))
         .map(|w| w.id)?;
     let worker = &mut state.workers[pick];
+    let conn = worker.conn.take()?;
     worker.phase = Phase::Busy;
+    worker.pipelinable = pipelinable;
+    worker.running_fcgi_id = FIRST_FCGI_ID;
+    worker.running_since = Instant::now();
     Some(Grant {
         worker: pick,
         generation: worker.generation,
         pid: worker.pid.unwrap_or(0),
-        conn: worker.conn.take()?,
+        fcgi_id: FIRST_FCGI_ID,
+        place: Place::Running(conn),
     })
+}
+
+/// Passes a clean connection of a busy worker on: to the first request written behind the
+/// one that ended (the worker stays busy), else back to the pool (idle). `None` (the
+/// connection is gone) sends the followers back to the dispatcher and leaves the worker
+/// to its supervisor.
+fn hand_on(worker: &mut WorkerState, conn: Option<WorkerConn>) {
+    let mut conn = conn;
+    if let Some(held) = conn.take() {
+        match worker.followers.pop_front() {
+            None => conn = Some(held),
+            Some(next) => {
+                worker.running_fcgi_id = next.fcgi_id;
+                let request_id = next.current.request_id;
+                match next.relay.send(held) {
+                    Ok(()) => {
+                        tracing::debug!(
+                            worker = worker.id,
+                            request_id,
+                            fcgi_id = next.fcgi_id,
+                            "connection handed to the request written behind"
+                        );
+                        worker.running_since = Instant::now();
+                        worker.current = Some(next.current);
+                        return;
+                    }
+                    Err(orphaned) => {
+                        // Its exchange is gone while its request is on the connection:
+                        // the connection cannot be reused, nor the requests behind it.
+                        tracing::debug!(
+                            worker = worker.id,
+                            request_id,
+                            "the request written behind is gone; reconnecting"
+                        );
+                        drop(orphaned);
+                        worker.drop_followers();
+                        conn = worker
+                            .addr
+                            .as_ref()
+                            .and_then(|addr| WorkerConn::connect(addr).ok());
+                    }
+                }
+            }
+        }
+    }
+    match conn {
+        Some(conn) => {
+            worker.conn = Some(conn);
+            worker.phase = Phase::Idle;
+        }
+        None => {
+            worker.drop_followers();
+            worker.phase = Phase::Starting;
+        }
+    }
+}
+
+/// A grant behind the last request in flight on `worker`, and the relay that will
+/// hand it the connection.
+fn behind_grant(worker: &WorkerState) -> (oneshot::Sender<WorkerConn>, Grant) {
+    let (relay, rx) = oneshot::channel();
+    let grant = Grant {
+        worker: worker.id,
+        generation: worker.generation,
+        pid: worker.pid.unwrap_or(0),
+        fcgi_id: worker.next_fcgi_id(),
+        place: Place::Behind(rx),
+    };
+    (relay, grant)
 }
 
 impl Shared {
@@ -761,6 +978,7 @@ impl Shared {
         worker.supervised = false;
         worker.phase = Phase::Stopped;
         worker.conn = None;
+        worker.drop_followers();
         worker.pid = None;
         true
     }
@@ -776,26 +994,146 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Hands idle workers to waiting requests, skipping waiters that gave up.
+    /// The busy worker a bodiless request may be written behind (pipelining): one whose
+    /// running request has no body and started within `pipeline_window`, that is not
+    /// retiring, with the fewest followers below `pipeline_depth`.
+    fn behind_target(&self, state: &State) -> Option<usize> {
+        let settings = self.settings();
+        if settings.pipeline_depth == 0 || settings.debug || !settings.spec.speaks_control {
+            return None;
+        }
+        let now = Instant::now();
+        state
+            .workers
+            .iter()
+            .filter(|w| {
+                w.phase == Phase::Busy
+                    && w.pipelinable
+                    && !w.retiring
+                    && w.followers.len() < settings.pipeline_depth
+                    && now.saturating_duration_since(w.running_since) < settings.pipeline_window
+            })
+            .min_by_key(|w| (w.followers.len(), w.id))
+            .map(|w| w.id)
+    }
+
+    /// A grant behind a busy worker's running request, registered at once.
+    fn place_behind(
+        &self,
+        state: &mut State,
+        records: &[u8],
+        current: &CurrentRequest,
+    ) -> Option<Grant> {
+        let id = self.behind_target(state)?;
+        let (relay, grant) = behind_grant(&state.workers[id]);
+        self.follow(state, id, records, current.clone(), relay, grant.fcgi_id);
+        Some(grant)
+    }
+
+    /// Writes a request's records behind the last one in flight on worker `id` (into the
+    /// outbox the connection's holder writes) and registers its relay.
+    fn follow(
+        &self,
+        state: &mut State,
+        id: usize,
+        records: &[u8],
+        current: CurrentRequest,
+        relay: oneshot::Sender<WorkerConn>,
+        fcgi_id: u16,
+    ) {
+        self.counters.pipelined.fetch_add(1, Ordering::Relaxed);
+        let worker = &mut state.workers[id];
+        let start = worker.outbox.len();
+        worker.outbox.extend_from_slice(records);
+        crate::gateway::fcgi::set_request_id(&mut worker.outbox[start..], fcgi_id);
+        worker.followers.push_back(Follower {
+            relay,
+            fcgi_id,
+            current,
+        });
+        worker.signals.outbox.notify_one();
+    }
+
+    /// Gives up a place behind a running request that will never run its exchange (its
+    /// client left while the grant was on its way). Its records are on the connection, so
+    /// the worker will answer it: if the connection has already been handed to it, it is
+    /// dropped, the requests behind it go back to the dispatcher, and a fresh connection
+    /// is opened; otherwise closing the relay makes the hand-off do the same later.
+    fn abandon_behind(&self, id: usize, generation: u64, mut relay: oneshot::Receiver<WorkerConn>) {
+        let mut state = self.lock();
+        relay.close();
+        let Ok(orphaned) = relay.try_recv() else {
+            return;
+        };
+        drop(orphaned);
+        let worker = &mut state.workers[id];
+        if worker.generation != generation || worker.phase != Phase::Busy {
+            return;
+        }
+        tracing::debug!(
+            worker = id,
+            "a request written behind was abandoned; reconnecting"
+        );
+        worker.current = None;
+        worker.drop_followers();
+        let conn = worker
+            .addr
+            .as_ref()
+            .and_then(|addr| WorkerConn::connect(addr).ok());
+        hand_on(worker, conn);
+        self.serve_waiters(&mut state);
+        drop(state);
+        self.idle_changed.notify_waiters();
+    }
+
+    /// Hands idle workers to waiting requests, skipping waiters that gave up; with no
+    /// idle worker, a bodiless request at the front of the queue may go behind a busy
+    /// one. The queue stays in order: a request with a body at its front waits for an
+    /// idle worker, and the ones after it wait too.
     fn serve_waiters(&self, state: &mut State) {
-        while !state.waiters.is_empty() {
-            let Some(mut grant) = take_idle(state) else {
+        while let Some(front) = state.waiters.front() {
+            let pipelinable = front.pipelinable.is_some();
+            if let Some(mut grant) = take_idle(state, pipelinable) {
+                loop {
+                    let Some(waiter) = state.waiters.pop_front() else {
+                        // Every waiter had gone: the worker is idle again.
+                        let worker = &mut state.workers[grant.worker];
+                        if let Place::Running(conn) = grant.place {
+                            worker.phase = Phase::Idle;
+                            worker.conn = Some(conn);
+                        }
+                        return;
+                    };
+                    let id = grant.worker;
+                    let pipelinable = waiter.pipelinable.is_some();
+                    match waiter.grant.send(Ok(grant)) {
+                        Ok(()) => {
+                            state.workers[id].pipelinable = pipelinable;
+                            break;
+                        }
+                        Err(Ok(back)) => grant = back,
+                        // Only `Ok` is sent above, so only `Ok` can come back.
+                        Err(Err(_)) => return,
+                    }
+                }
+                continue;
+            }
+            if !pipelinable {
+                return;
+            }
+            let Some(id) = self.behind_target(state) else {
                 return;
             };
-            loop {
-                let Some(waiter) = state.waiters.pop_front() else {
-                    // Every waiter had gone: the worker is idle again.
-                    let worker = &mut state.workers[grant.worker];
-                    worker.phase = Phase::Idle;
-                    worker.conn = Some(grant.conn);
-                    return;
-                };
-                match waiter.grant.send(Ok(grant)) {
-                    Ok(()) => break,
-                    Err(Ok(back)) => grant = back,
-                    // Only `Ok` is sent above, so only `Ok` can come back.
-                    Err(Err(_)) => return,
-                }
+            let Some(waiter) = state.waiters.pop_front() else {
+                return;
+            };
+            let Some((records, current)) = waiter.pipelinable else {
+                return;
+            };
+            let (relay, grant) = behind_grant(&state.workers[id]);
+            let fcgi_id = grant.fcgi_id;
+            if waiter.grant.send(Ok(grant)).is_ok() {
+                self.follow(state, id, &records, current, relay, fcgi_id);
             }
         }
     }
@@ -809,14 +1147,24 @@ impl Shared {
 }
 
 /// Exclusive use of one worker for one request. Dropping it without [`Lease::release`]
-/// discards the connection (its state is unknown) and opens a fresh one.
+/// discards the connection (its state is unknown) and opens a fresh one. A request
+/// written behind a running one (pipelining) gets the connection from its predecessor
+/// ([`Lease::connection`]).
 pub struct Lease {
     shared: Arc<Shared>,
     signals: Arc<SlotSignals>,
     worker: usize,
     generation: u64,
     pid: u32,
+    /// The FastCGI request id of this request on the connection.
+    fcgi_id: u16,
     conn: Option<WorkerConn>,
+    /// For a request written behind a running one: where the connection arrives.
+    relay: Option<oneshot::Receiver<WorkerConn>>,
+    /// The request was written behind a running one (its records are in the outbox).
+    behind: bool,
+    /// The request has the connection (it runs, or ran): its end is accounted.
+    started: bool,
     reusable: bool,
     /// The worker was killed (or broke its connection): no new connection is opened to it;
     /// its supervisor respawns it.
@@ -834,10 +1182,54 @@ impl Lease {
         self.pid
     }
 
-    /// Takes the connection for the exchange; [`Lease::restore_conn`] gives it back
-    /// clean. A lease dropped without it opens a fresh connection instead.
-    pub fn take_conn(&mut self) -> Option<WorkerConn> {
+    /// The FastCGI request id this request's records must carry.
+    pub fn fcgi_id(&self) -> u16 {
+        self.fcgi_id
+    }
+
+    /// True when the request's records were written behind a running request (they are
+    /// on their way; the exchange must not write them again).
+    pub fn written_behind(&self) -> bool {
+        self.behind
+    }
+
+    /// Takes the connection for the exchange, once this request's turn comes: at once on
+    /// an idle worker; behind a running request, when the requests before it end.
+    /// [`Lease::restore_conn`] gives it back clean. None when the worker was lost before
+    /// this request started (it never ran: [`Lease::requeue`] finds it another worker).
+    pub async fn take_conn(&mut self) -> Option<WorkerConn> {
+        if let Some(relay) = self.relay.take() {
+            let conn = relay.await.ok()?;
+            self.started = true;
+            return Some(conn);
+        }
         self.conn.take()
+    }
+
+    /// Sends a request whose worker was lost before it started back to the dispatcher,
+    /// at the front of the queue; `records` are its records as built (no body).
+    pub async fn requeue(self, current: CurrentRequest, records: &Bytes) -> Result<Lease, Refusal> {
+        let pool = Pool {
+            shared: self.shared.clone(),
+        };
+        drop(self);
+        pool.acquire_at(current, Some(records), true).await
+    }
+
+    /// Takes the records of the requests written behind this one that are not yet on
+    /// the connection (the holder of the connection writes them, in order).
+    pub fn take_outbox(&self) -> Option<Bytes> {
+        let mut state = self.shared.lock();
+        let worker = &mut state.workers[self.worker];
+        if worker.generation != self.generation || worker.outbox.is_empty() {
+            return None;
+        }
+        Some(worker.outbox.split().freeze())
+    }
+
+    /// Resolves when records may be waiting in the outbox ([`Lease::take_outbox`]).
+    pub async fn outbox_filled(&self) {
+        self.signals.outbox.notified().await;
     }
 
     /// Returns the connection after a complete request (END_REQUEST seen, STDIN done),
@@ -874,6 +1266,13 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if !self.started {
+            if let Some(relay) = self.relay.take() {
+                self.shared
+                    .abandon_behind(self.worker, self.generation, relay);
+            }
+            return;
+        }
         {
             let mut clock = self.signals.clock();
             if clock.as_ref().is_some_and(|(g, _)| *g == self.generation) {
@@ -894,28 +1293,95 @@ impl Drop for Lease {
             worker.retiring = true;
             worker.signals.recycle.notify_one();
         }
-        let conn = if self.killed {
-            // A dying process may still accept on its socket: never reconnect to it.
-            None
-        } else if self.reusable && conn.is_some() {
-            conn
-        } else {
-            drop(conn);
-            worker
-                .addr
-                .as_ref()
-                .and_then(|addr| WorkerConn::connect(addr).ok())
-        };
-        match conn {
-            Some(conn) => {
-                worker.conn = Some(conn);
-                worker.phase = Phase::Idle;
+        let conn = match conn {
+            Some(conn) if self.reusable && !self.killed => Some(conn),
+            other => {
+                // The connection's state is unknown: what was written behind this
+                // request goes elsewhere.
+                drop(other);
+                worker.drop_followers();
+                if self.killed {
+                    // A dying process may still accept on its socket: never reconnect.
+                    None
+                } else {
+                    worker
+                        .addr
+                        .as_ref()
+                        .and_then(|addr| WorkerConn::connect(addr).ok())
+                }
             }
-            None => worker.phase = Phase::Starting,
-        }
+        };
+        hand_on(worker, conn);
         let shared = self.shared.clone();
         shared.serve_waiters(&mut state);
         drop(state);
         shared.idle_changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follower(fcgi_id: u16) -> (Follower, oneshot::Receiver<WorkerConn>) {
+        let (relay, rx) = oneshot::channel();
+        let current = CurrentRequest {
+            request_id: u64::from(fcgi_id),
+            method: "GET".into(),
+            path: "/".into(),
+            started: Instant::now(),
+        };
+        (
+            Follower {
+                relay,
+                fcgi_id,
+                current,
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn request_ids_in_flight_on_one_connection_never_repeat() {
+        let mut worker = WorkerState::new(0, false);
+        let mut relays = Vec::new();
+        // Every depth up to the maximum, and every running id in the cycle.
+        for depth in 0..=crate::config::MAX_PIPELINE_DEPTH {
+            for running in 1..=FCGI_ID_CYCLE {
+                worker.running_fcgi_id = running;
+                worker.followers.clear();
+                let mut in_flight = vec![running];
+                for _ in 0..depth {
+                    let id = worker.next_fcgi_id();
+                    assert!((1..=FCGI_ID_CYCLE).contains(&id), "id {id} out of range");
+                    assert!(
+                        !in_flight.contains(&id),
+                        "id {id} reused while in flight: {in_flight:?}"
+                    );
+                    in_flight.push(id);
+                    let (f, rx) = follower(id);
+                    worker.followers.push_back(f);
+                    relays.push(rx);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dropping_the_followers_tells_each_of_them_and_empties_the_outbox() {
+        let mut worker = WorkerState::new(0, false);
+        let (a, mut rx_a) = follower(2);
+        let (b, mut rx_b) = follower(3);
+        worker.followers.extend([a, b]);
+        worker.outbox.extend_from_slice(b"records");
+        worker.drop_followers();
+        assert!(worker.outbox.is_empty());
+        assert!(worker.followers.is_empty());
+        for rx in [&mut rx_a, &mut rx_b] {
+            assert!(
+                matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
+                "a follower must learn its connection is gone (and be dispatched again)"
+            );
+        }
     }
 }

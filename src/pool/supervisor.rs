@@ -160,6 +160,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
             if worker.generation == running.generation {
                 worker.pid = None;
                 worker.conn = None;
+                worker.drop_followers();
                 worker.debug_port = None;
                 worker.addr = None;
                 worker.phase = Phase::Starting;
@@ -271,6 +272,7 @@ fn install(shared: &Shared, id: usize, running: &Running) -> bool {
             worker.signals.register_control(running.generation, control);
         }
         worker.pid = Some(running.pid);
+        worker.drop_followers();
         worker.conn = Some(conn);
         worker.addr = Some(running.addr.clone());
         worker.debug_port = debug_port;

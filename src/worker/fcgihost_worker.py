@@ -411,6 +411,7 @@ class Connection:
         self._headers = None
         self._headers_sent = False
         self._aborted = False
+        self._ended = False
         self._input = None
         self._start_response = self.start_response
         self._write = self.write
@@ -610,23 +611,13 @@ class Connection:
         https = environ.get("HTTPS")
         if https and https.lower() in ("on", "1"):
             environ["wsgi.url_scheme"] = "https"
+        self._ended = False
         try:
             result = self.app(environ, self._start_response)
             if type(result) is list or type(result) is tuple:
-                body = b"".join(result)
+                self._finish(b"".join(result))
             else:
-                try:
-                    for chunk in result:
-                        if chunk:
-                            self.write(chunk)
-                            if self._aborted:
-                                break
-                finally:
-                    close = getattr(result, "close", None)
-                    if close is not None:
-                        close()
-                body = b""
-            self._finish(body)
+                self._iterate(result)
         except ConnectionLost:
             raise
         except Exception:
@@ -634,6 +625,34 @@ class Connection:
         finally:
             stream.detach()
             self._input = None
+
+    def _iterate(self, result):
+        """Send an iterable response block by block, then END_REQUEST, then close() it.
+
+        A first block that is the whole body the headers declare (frameworks return one
+        block with a Content-Length) is held until the iteration ends, so head, body and
+        END_REQUEST leave in one send; no block can follow it. The response is sent before
+        close() runs the app's teardown, as each block is sent before the next is asked for.
+        """
+        held = b""
+        try:
+            for chunk in result:
+                if not chunk:
+                    continue
+                if held:
+                    self.write(held)
+                    held = b""
+                if not self._headers_sent and self._declares_length(len(chunk)):
+                    held = chunk
+                    continue
+                self.write(chunk)
+                if self._aborted:
+                    break
+            self._finish(held)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
 
     def start_response(self, status, headers, exc_info=None):
         """WSGI start_response (PEP 3333); returns the write() callable."""
@@ -654,6 +673,13 @@ class Connection:
         self._status = status
         self._headers = headers
         return self._write
+
+    def _declares_length(self, length):
+        """True when the response headers declare a Content-Length of exactly length."""
+        for name, value in self._headers or ():
+            if len(name) == 14 and name.lower() == "content-length":
+                return value.strip() == str(length)
+        return False
 
     def _head(self):
         """Encode the CGI response head: Status line, headers, blank line."""
@@ -690,6 +716,11 @@ class Connection:
     def _finish(self, body):
         """Send the rest of the response (the head too if not sent yet) and END_REQUEST;
         a small response goes out in a single send."""
+        self._send_rest(body)
+        self._ended = True
+
+    def _send_rest(self, body):
+        """The sending part of _finish."""
         request_id = self._request_id
         if self._aborted:
             self._send(_end_request(request_id))
@@ -720,7 +751,7 @@ class Connection:
         """Handle an app exception (called inside the except block): log it, then answer
         500, or end a response whose head is already sent with app status 1."""
         request_id = self._request_id
-        if self._aborted:
+        if self._aborted and not self._ended:
             self._send(_end_request(request_id))
             return
         text = traceback.format_exc()
@@ -731,6 +762,8 @@ class Connection:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
+        if self._ended:
+            return  # close() failed after the whole response was sent: logged only
         if self._headers_sent:
             self._send(_record(FCGI_STDOUT, request_id) + _end_request(request_id, 1))
             return

@@ -148,6 +148,26 @@ class Closing:
         with open(self.marker, "w") as f:
             f.write("closed")
 
+class DeclaredBlock:
+    """An iterable (not a list) whose one block is the whole declared body, like a
+    framework's response; `extra` yields one more block beyond the declared length."""
+    def __init__(self, marker, extra=False, fail_close=False):
+        self.marker, self.extra, self.fail_close = marker, extra, fail_close
+    def __iter__(self):
+        yield b"declared-body"
+        if self.extra:
+            yield b"+extra"
+    def close(self):
+        with open(self.marker, "w") as f:
+            f.write("closed")
+        if self.fail_close:
+            raise RuntimeError("close-failure-marker")
+
+def declared_block(environ, start_response):
+    q = dict(p.split("=", 1) for p in environ["QUERY_STRING"].split("&"))
+    start_response("200 OK", [("Content-Length", "13")])
+    return DeclaredBlock(q["marker"], extra="extra" in q, fail_close="fail_close" in q)
+
 def closing(environ, start_response):
     start_response("200 OK", [])
     return Closing(environ["QUERY_STRING"], fail=False)
@@ -768,6 +788,28 @@ class SharedWorkerTests(unittest.TestCase):
         self.assertEqual(resp.body, b"closing-body")
         self.assertEqual(resp.app_status, 1)
         self.assertEqual(wait_for_file(marker), "closed")
+
+    def test_an_iterable_whose_block_is_the_declared_body(self):
+        marker = os.path.join(self.worker.dir, "declared-marker")
+        resp = self.client.get("/declared_block", query="marker=" + marker)
+        self.assertEqual(resp.status, "200 OK")
+        self.assertEqual(resp.body, b"declared-body")
+        self.assertEqual(resp.app_status, 0)
+        self.assertEqual(wait_for_file(marker), "closed")
+
+    def test_a_block_beyond_the_declared_length_still_follows_in_order(self):
+        marker = os.path.join(self.worker.dir, "extra-marker")
+        resp = self.client.get("/declared_block", query="extra=1&marker=" + marker)
+        self.assertEqual(resp.body, b"declared-body+extra")
+        self.assertEqual(wait_for_file(marker), "closed")
+
+    def test_close_failing_after_the_whole_response_is_logged_only(self):
+        marker = os.path.join(self.worker.dir, "fail-close-marker")
+        resp = self.client.get("/declared_block", query="fail_close=1&marker=" + marker)
+        self.assertEqual(resp.body, b"declared-body")
+        self.assertEqual(resp.app_status, 0, "the response was complete before close()")
+        self.worker.wait_stderr("close-failure-marker")
+        self.assertEqual(self.client.get("/hello").body, b"Hello, world!")
 
     def test_file_wrapper(self):
         resp = self.client.get("/file_wrapper")
