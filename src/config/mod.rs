@@ -388,7 +388,7 @@ struct Partial {
 
 /// Default `pipeline_depth`: under load a busy worker finds its next requests already in
 /// its socket (it never sleeps between them, and one read carries several); measured on 2
-/// cores, hello world: 34k req/s without, 41k with 1, 48k with 2, 52k with 4.
+/// cores, hello world: about 33k req/s without, 41k with 1, 47k with 2, 51k with 4.
 pub const DEFAULT_PIPELINE_DEPTH: usize = 4;
 
 /// Default `pipeline_window`: far above a typical request's service time (tens of µs to a

@@ -1218,3 +1218,35 @@ fn in_memory_parsers_check_like_load_and_name_the_file() {
         "/srv/app/web.config: not UTF-8 or UTF-16 text"
     );
 }
+
+#[test]
+fn pipeline_settings_load_with_defaults_and_bounds() {
+    let dir = TempDir::new();
+    dir.write("fcgihost.toml", "app = \"a:app\"\n");
+    let c = load_in(&dir, &CliOverrides::default(), &[]).config;
+    assert_eq!(c.pipeline_depth, super::DEFAULT_PIPELINE_DEPTH);
+    assert_eq!(c.pipeline_window, Duration::from_millis(10));
+    dir.write(
+        "fcgihost.toml",
+        "app = \"a:app\"\npipeline_depth = 0\npipeline_window = \"250ms\"\n",
+    );
+    let c = load_in(&dir, &CliOverrides::default(), &[]).config;
+    assert_eq!(
+        (c.pipeline_depth, c.pipeline_window),
+        (0, Duration::from_millis(250))
+    );
+    dir.write("fcgihost.toml", "app = \"a:app\"\npipeline_depth = 9\n");
+    assert_eq!(
+        load_err(&dir, &CliOverrides::default(), &[]),
+        "fcgihost.toml:2: key `pipeline_depth`: must be at most 8 (got 9)"
+    );
+    dir.write("fcgihost.toml", "app = \"a:app\"\n");
+    assert_eq!(
+        load_err(
+            &dir,
+            &CliOverrides::default(),
+            &[("FCGIHOST_PIPELINE_DEPTH", "12")]
+        ),
+        "environment variable FCGIHOST_PIPELINE_DEPTH: must be at most 8 (got 12)"
+    );
+}

@@ -789,23 +789,24 @@ class SharedWorkerTests(unittest.TestCase):
         self.assertEqual(resp.app_status, 1)
         self.assertEqual(wait_for_file(marker), "closed")
 
-    def test_an_iterable_whose_block_is_the_declared_body(self):
-        marker = os.path.join(self.worker.dir, "declared-marker")
-        resp = self.client.get("/declared_block", query="marker=" + marker)
-        self.assertEqual(resp.status, "200 OK")
-        self.assertEqual(resp.body, b"declared-body")
-        self.assertEqual(resp.app_status, 0)
+    def _declared_block(self, name, query=""):
+        """GET /declared_block; checks the iterable was closed; returns the response."""
+        marker = os.path.join(self.worker.dir, name)
+        resp = self.client.get("/declared_block", query=query + "marker=" + marker)
         self.assertEqual(wait_for_file(marker), "closed")
+        return resp
+
+    def test_an_iterable_whose_block_is_the_declared_body(self):
+        resp = self._declared_block("declared-marker")
+        self.assertEqual(resp.status, "200 OK")
+        self.assertEqual((resp.body, resp.app_status), (b"declared-body", 0))
 
     def test_a_block_beyond_the_declared_length_still_follows_in_order(self):
-        marker = os.path.join(self.worker.dir, "extra-marker")
-        resp = self.client.get("/declared_block", query="extra=1&marker=" + marker)
+        resp = self._declared_block("extra-marker", "extra=1&")
         self.assertEqual(resp.body, b"declared-body+extra")
-        self.assertEqual(wait_for_file(marker), "closed")
 
     def test_close_failing_after_the_whole_response_is_logged_only(self):
-        marker = os.path.join(self.worker.dir, "fail-close-marker")
-        resp = self.client.get("/declared_block", query="fail_close=1&marker=" + marker)
+        resp = self._declared_block("fail-close-marker", "fail_close=1&")
         self.assertEqual(resp.body, b"declared-body")
         self.assertEqual(resp.app_status, 0, "the response was complete before close()")
         self.worker.wait_stderr("close-failure-marker")
