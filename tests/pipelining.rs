@@ -3,7 +3,8 @@
 //! a request behind one whose worker is killed or times out runs on the replacement; one
 //! whose client leaves before its turn costs nothing; requests with a body, requests in
 //! debug mode and requests behind one that has run past `pipeline_window` wait in the queue
-//! instead; and the host keeps answering after clients vanish in bulk.
+//! instead; `max_requests` stays exact; and the host keeps answering after clients vanish in
+//! bulk.
 // Unix only: tests/common drives the binary with Unix signals and reads /proc.
 #![cfg(unix)]
 
@@ -282,4 +283,38 @@ fn the_host_keeps_answering_after_clients_vanish_in_bulk() {
     });
     let now: BTreeSet<u32> = host.wait_workers(2, T).into_iter().collect();
     assert_eq!(now, pids, "no worker was lost: {doc:#}");
+}
+
+#[test]
+fn max_requests_stays_exact_with_requests_written_behind() {
+    let host = one_worker("max_requests = 3\n");
+    host.wait_workers(1, T);
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let url = host.url("/pid");
+            let barrier = Arc::clone(&barrier);
+            thread::spawn(move || {
+                barrier.wait();
+                (0..6).map(|_| get(&url)).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut served: std::collections::BTreeMap<u32, usize> = Default::default();
+    for h in handles {
+        for r in h.join().expect("client thread") {
+            assert_eq!(r.status, 200, "{}", r.text());
+            *served
+                .entry(r.text().trim().parse().expect("pid"))
+                .or_default() += 1;
+        }
+    }
+    assert!(
+        served.values().all(|&n| n <= 3),
+        "no worker serves more than max_requests, even with requests written behind: {served:?}"
+    );
+    assert!(
+        status(&host)["pipelined_requests"].as_u64().unwrap() > 0,
+        "the load should have pipelined requests"
+    );
 }

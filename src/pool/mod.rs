@@ -996,7 +996,8 @@ impl Shared {
 
     /// The busy worker a bodiless request may be written behind (pipelining): one whose
     /// running request has no body and started within `pipeline_window`, that is not
-    /// retiring, with the fewest followers below `pipeline_depth`.
+    /// retiring and has room before `max_requests`, with the fewest followers below
+    /// `pipeline_depth`.
     fn behind_target(&self, state: &State) -> Option<usize> {
         let settings = self.settings();
         if settings.pipeline_depth == 0 || settings.debug || !settings.spec.speaks_control {
@@ -1011,6 +1012,9 @@ impl Shared {
                     && w.pipelinable
                     && !w.retiring
                     && w.followers.len() < settings.pipeline_depth
+                    // max_requests stays exact: the running request, those behind it and
+                    // this one must all fit in what the worker may still serve.
+                    && w.served.saturating_add(w.followers.len() as u64 + 2) <= w.recycle_after
                     && now.saturating_duration_since(w.running_since) < settings.pipeline_window
             })
             .min_by_key(|w| (w.followers.len(), w.id))
