@@ -30,9 +30,7 @@ fn app_file() -> PathBuf {
 
 /// `serve` of the debug app with `workers` workers, `request_timeout = 2s`, without a secret.
 fn app_opts(workers: usize) -> HostOpts {
-    HostOpts::new()
-        .app("debugapp.app")
-        .app_dir(app_dir("debugapp"))
+    HostOpts::debugapp()
         .workers(workers)
         .arg("--request-timeout")
         .arg("2s")

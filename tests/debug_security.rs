@@ -32,10 +32,7 @@ const SECRET: &str = "Qx7-dbgSecret_k2P9vL4mZt8Rw3Yh";
 const LOG_WAIT: Duration = Duration::from_secs(30);
 
 fn debugapp(workers: usize) -> HostOpts {
-    HostOpts::new()
-        .app("debugapp.app")
-        .app_dir(app_dir("debugapp"))
-        .workers(workers)
+    HostOpts::debugapp().workers(workers)
 }
 
 fn debug_on(workers: usize) -> HostOpts {

@@ -1167,9 +1167,7 @@ const SECRET: &str = "dbg-Secret_0123456789xyz";
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nginx_proxy_pass_carries_a_ptvsd_debug_session() {
     let host = Host::start(
-        HostOpts::new()
-            .app("debugapp.app")
-            .app_dir(app_dir("debugapp"))
+        HostOpts::debugapp()
             .workers(1)
             .arg("--request-timeout")
             .arg("2s")

@@ -290,9 +290,7 @@ fn a_timeout_kill_logs_the_stack_before_the_worker_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_worker_shows_paused_and_is_never_dumped_or_killed() {
     let host = Host::start(
-        HostOpts::new()
-            .app("debugapp.app")
-            .app_dir(app_dir("debugapp"))
+        HostOpts::debugapp()
             .workers(1)
             .arg("--request-timeout")
             .arg("2s")

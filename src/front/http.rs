@@ -32,7 +32,7 @@ use crate::gateway::fcgi::{self, ParamsWriter, RecordType, Role};
 use crate::gateway::forwarded::{ProxyHeaders, TrustedProxies};
 use crate::pages;
 use crate::pool::exchange::{self, Failure, RequestBody, RequestMeta, REQUEST_ID};
-use crate::pool::{CurrentRequest, Pool, Refusal};
+use crate::pool::{Pool, Refusal};
 
 /// How requests are mapped and answered (from the config).
 #[derive(Debug, Clone)]
@@ -208,12 +208,7 @@ impl Front {
         meta: RequestMeta,
     ) -> Response<ResponseBody> {
         let remote = meta.remote;
-        let current = CurrentRequest {
-            request_id: meta.request_id,
-            method: meta.method.clone(),
-            path: meta.path.clone(),
-            started: meta.received,
-        };
+        let current = meta.current();
         if let Some(proxy) = &self.debug {
             // debug.wait_for_attach: hold the request (clock not started) until a debugger
             // has attached, so the first request can be debugged.

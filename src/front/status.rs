@@ -8,7 +8,7 @@
 //! presenting the debug secret (`debug.secret`, checked as the `/ptvsd` proxy checks it,
 //! with its own failure limiter).
 
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -348,48 +348,48 @@ impl StatusPage {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        metric(
+        single_metric(
             &mut out,
             "fcgihost_start_time_seconds",
             "gauge",
             "When the worker pool started, in seconds since the Unix epoch.",
+            format!("{started:.3}"),
         );
-        let _ = writeln!(out, "fcgihost_start_time_seconds {started:.3}");
-        metric(
+        single_metric(
             &mut out,
             "fcgihost_requests_accepted_total",
             "counter",
             "Requests that asked the pool for a worker (served or refused).",
+            stats.accepted,
         );
-        let _ = writeln!(out, "fcgihost_requests_accepted_total {}", stats.accepted);
-        metric(
+        single_metric(
             &mut out,
             "fcgihost_queue_length",
             "gauge",
             "Requests waiting for a worker.",
+            stats.queue_len,
         );
-        let _ = writeln!(out, "fcgihost_queue_length {}", stats.queue_len);
-        metric(
+        single_metric(
             &mut out,
             "fcgihost_queue_length_max",
             "gauge",
             "The longest the queue has been since the start.",
+            stats.max_queue_seen,
         );
-        let _ = writeln!(out, "fcgihost_queue_length_max {}", stats.max_queue_seen);
-        metric(
+        single_metric(
             &mut out,
             "fcgihost_queue_capacity",
             "gauge",
             "Requests that may wait for a worker (max_queue).",
+            stats.max_queue,
         );
-        let _ = writeln!(out, "fcgihost_queue_capacity {}", stats.max_queue);
-        metric(
+        single_metric(
             &mut out,
             "fcgihost_pipelined_requests_total",
             "counter",
             "Requests written behind a running one on a busy worker (pipeline_depth).",
+            stats.pipelined,
         );
-        let _ = writeln!(out, "fcgihost_pipelined_requests_total {}", stats.pipelined);
         metric(&mut out, "fcgihost_workers", "gauge", "Workers by state.");
         for state in STATES {
             let n = workers.iter().filter(|w| w.state == state).count();
@@ -433,27 +433,19 @@ impl StatusPage {
             let n = m.classes[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "fcgihost_responses_total{{code=\"{class}\"}} {n}");
         }
-        metric(
+        single_metric(
             &mut out,
             "fcgihost_slow_requests_total",
             "counter",
             "Requests that ran past slow_request_threshold.",
+            m.slow.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "fcgihost_slow_requests_total {}",
-            m.slow.load(Ordering::Relaxed)
-        );
-        metric(
+        single_metric(
             &mut out,
             "fcgihost_request_timeouts_total",
             "counter",
             "Requests ended by request_timeout (worker killed).",
-        );
-        let _ = writeln!(
-            out,
-            "fcgihost_request_timeouts_total {}",
-            m.timeouts.load(Ordering::Relaxed)
+            m.timeouts.load(Ordering::Relaxed),
         );
         metric(
             &mut out,
@@ -656,6 +648,12 @@ fn wants_html(parts: &http::request::Parts) -> bool {
 fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A metric with one unlabelled series.
+fn single_metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl Display) {
+    metric(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// One series per worker slot (`name{worker="ID"} value`); workers without a value (no

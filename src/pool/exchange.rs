@@ -82,6 +82,18 @@ pub struct RequestMeta {
     pub log: Arc<AccessLog>,
 }
 
+impl RequestMeta {
+    /// The request as the worker table shows it while it runs.
+    pub fn current(&self) -> super::CurrentRequest {
+        super::CurrentRequest {
+            request_id: self.request_id,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            started: self.received,
+        }
+    }
+}
+
 /// The start of a response, sent to the HTTP side as soon as the CGI head is parsed.
 pub struct ResponseStart {
     pub head: CgiHead,
@@ -220,13 +232,7 @@ async fn drive<B: RequestBody>(
             request_id,
             "worker lost before the request started; dispatching it again"
         );
-        let current = super::CurrentRequest {
-            request_id,
-            method: meta.method.clone(),
-            path: meta.path.clone(),
-            started: meta.received,
-        };
-        match lease.requeue(current, &records).await {
+        match lease.requeue(meta.current(), &records).await {
             Ok(next) => lease = next,
             Err(refusal) => {
                 tracing::warn!(

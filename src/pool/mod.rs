@@ -210,6 +210,16 @@ impl WorkerState {
         self.outbox.clear();
     }
 
+    /// Opens a fresh connection in place of one whose state is unknown; the requests
+    /// written behind on the old one go back to the dispatcher. None when the worker does
+    /// not accept (its supervisor respawns it).
+    fn fresh_conn(&mut self) -> Option<WorkerConn> {
+        self.drop_followers();
+        self.addr
+            .as_ref()
+            .and_then(|addr| WorkerConn::connect(addr).ok())
+    }
+
     /// The FastCGI id for a request written behind the last one in flight. Ids run
     /// 1..=MAX_PIPELINE_DEPTH+1 in a cycle, so the at most `depth + 1` requests in flight
     /// on a connection always carry different ids.
@@ -282,9 +292,7 @@ impl Drop for QueuedWait {
             // requests written behind it meanwhile run next.
             hand_on(worker, Some(conn));
         }
-        self.shared.serve_waiters(&mut state);
-        drop(state);
-        self.shared.idle_changed.notify_waiters();
+        self.shared.settle(state);
     }
 }
 
@@ -892,11 +900,7 @@ fn hand_on(worker: &mut WorkerState, conn: Option<WorkerConn>) {
                             "the request written behind is gone; reconnecting"
                         );
                         drop(orphaned);
-                        worker.drop_followers();
-                        conn = worker
-                            .addr
-                            .as_ref()
-                            .and_then(|addr| WorkerConn::connect(addr).ok());
+                        conn = worker.fresh_conn();
                     }
                 }
             }
@@ -1079,12 +1083,15 @@ impl Shared {
             "a request written behind was abandoned; reconnecting"
         );
         worker.current = None;
-        worker.drop_followers();
-        let conn = worker
-            .addr
-            .as_ref()
-            .and_then(|addr| WorkerConn::connect(addr).ok());
+        let conn = worker.fresh_conn();
         hand_on(worker, conn);
+        self.settle(state);
+    }
+
+    /// After a worker changed hands: gives idle workers and free places behind busy ones
+    /// to waiting requests, then wakes whoever waits for a worker to leave `Busy` (drain,
+    /// replacement).
+    fn settle(&self, mut state: MutexGuard<'_, State>) {
         self.serve_waiters(&mut state);
         drop(state);
         self.idle_changed.notify_waiters();
@@ -1299,27 +1306,19 @@ impl Drop for Lease {
         }
         let conn = match conn {
             Some(conn) if self.reusable && !self.killed => Some(conn),
+            // A dying process may still accept on its socket: never reconnect (hand_on
+            // sends what was written behind this request elsewhere).
             other => {
-                // The connection's state is unknown: what was written behind this
-                // request goes elsewhere.
                 drop(other);
-                worker.drop_followers();
                 if self.killed {
-                    // A dying process may still accept on its socket: never reconnect.
                     None
                 } else {
-                    worker
-                        .addr
-                        .as_ref()
-                        .and_then(|addr| WorkerConn::connect(addr).ok())
+                    worker.fresh_conn()
                 }
             }
         };
         hand_on(worker, conn);
-        let shared = self.shared.clone();
-        shared.serve_waiters(&mut state);
-        drop(state);
-        shared.idle_changed.notify_waiters();
+        self.shared.settle(state);
     }
 }
 

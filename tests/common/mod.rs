@@ -250,6 +250,11 @@ impl HostOpts {
         Self::new().app("plainapp.app").app_dir(app_dir("plain"))
     }
 
+    /// `serve --app debugapp.app --app-dir tests/apps/debugapp` (the remote-debugging app).
+    pub fn debugapp() -> Self {
+        Self::new().app("debugapp.app").app_dir(app_dir("debugapp"))
+    }
+
     /// `--app SPEC`.
     pub fn app(self, spec: &str) -> Self {
         self.arg("--app").arg(spec)
