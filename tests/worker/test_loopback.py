@@ -7,16 +7,14 @@ Run: python3 -m unittest discover -s tests/worker -v
 
 import json
 import os
-import select
 import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import unittest
 
-from test_worker import (PYTHON, STDIN, TEST_APPS, WORKER, Client, cgi_params, record,
-                         request_bytes)
+from test_worker import (PYTHON, STDIN, TEST_APPS, WORKER, Client, cgi_params,
+                         read_control_line, record, request_bytes, wait_for_stderr)
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 
@@ -76,16 +74,7 @@ class LoopbackWorker:
         assert line == expected.encode(), (line, self.stderr())
 
     def line(self, timeout=10):
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self.control], [], [], remaining)[0]:
-                raise TimeoutError("no control line; stderr:\n" + self.stderr())
-            data = self.control.recv(1 << 16)
-            if not data:
-                return None
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
+        line, self.buf = read_control_line(self.control, self.buf, timeout, self.stderr)
         return line
 
     def event(self, timeout=10):
@@ -161,7 +150,7 @@ class LoopbackTests(unittest.TestCase):
         worker, port = self.start()
         client = worker.client(port)
         client.send(request_bytes(cgi_params("/slow", query="0.5")))
-        time.sleep(0.2)
+        wait_for_stderr(worker.stderr, "slow-start")
         worker.control.sendall(b'{"cmd":"stop"}\n')
         self.assertEqual(client.response().body, b"slow done")
         self.assertEqual(worker.proc.wait(2), 0)
@@ -179,7 +168,7 @@ class LoopbackTests(unittest.TestCase):
         client = worker.client(port)
         params = cgi_params("/waiting_in_marker_function", "POST", body_len=4)
         client.send(request_bytes(params, b"", end_stdin=False))
-        time.sleep(0.2)
+        wait_for_stderr(worker.stderr, "marker-function-start")
         worker.control.sendall(b'{"cmd": "dump_stacks"}\n')
         event = worker.event()
         self.assertEqual(event["event"], "stacks")

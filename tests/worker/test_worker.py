@@ -210,11 +210,15 @@ def read_and_report(environ, start_response):
     return [b"read it all"]
 
 def waiting_in_marker_function(environ, start_response):
+    sys.stderr.write("marker-function-start\n")
+    sys.stderr.flush()
     body = environ["wsgi.input"].read()
     start_response("200 OK", [])
     return [body]
 
 def slow(environ, start_response):
+    sys.stderr.write("slow-start\n")
+    sys.stderr.flush()
     time.sleep(float(environ["QUERY_STRING"] or "0.5"))
     start_response("200 OK", [])
     return [b"slow done"]
@@ -408,6 +412,31 @@ class Client:
 # --- worker processes --------------------------------------------------------------------
 
 
+def wait_for_stderr(stderr, text, timeout=5):
+    """Poll a worker's stderr (the stderr() callable) until it holds text."""
+    deadline = time.monotonic() + timeout
+    while text not in stderr():
+        if time.monotonic() > deadline:
+            raise AssertionError("%r not in stderr:\n%s" % (text, stderr()))
+        time.sleep(0.01)
+
+
+def read_control_line(sock, buf, timeout, stderr):
+    """The next line from a worker's control channel: (line, what is left of the buffer),
+    line None at EOF. buf holds bytes already read; stderr() describes a timeout."""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+            raise TimeoutError("no control line; stderr:\n" + stderr())
+        data = sock.recv(1 << 16)
+        if not data:
+            return None, buf
+        buf += data
+    line, rest = buf.split(b"\n", 1)
+    return line, rest
+
+
 class WorkerProcess:
     """A worker spawned as the host spawns it, with an app dir holding testapps.py."""
 
@@ -462,17 +491,9 @@ class WorkerProcess:
 
     def event(self, timeout=10):
         """Next JSON event from the control channel (None at EOF)."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.control_buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self.control], [], [], remaining)[0]:
-                raise TimeoutError("no control event; stderr:\n" + self.stderr())
-            data = self.control.recv(1 << 16)
-            if not data:
-                return None
-            self.control_buf += data
-        line, self.control_buf = self.control_buf.split(b"\n", 1)
-        return json.loads(line)
+        line, self.control_buf = read_control_line(
+            self.control, self.control_buf, timeout, self.stderr)
+        return None if line is None else json.loads(line)
 
     def wait_ready(self):
         event = self.event()
@@ -490,11 +511,7 @@ class WorkerProcess:
             return f.read().decode("utf-8", "replace")
 
     def wait_stderr(self, text, timeout=5):
-        deadline = time.monotonic() + timeout
-        while text not in self.stderr():
-            if time.monotonic() > deadline:
-                raise AssertionError("%r not in stderr:\n%s" % (text, self.stderr()))
-            time.sleep(0.01)
+        wait_for_stderr(self.stderr, text, timeout)
 
     def status_field(self, name):
         """A field of /proc/<pid>/status in KiB (VmRSS, VmHWM)."""
@@ -1199,7 +1216,7 @@ class ProcessTests(unittest.TestCase):
         worker = self.spawn()
         client = worker.client()
         client.send(request_bytes(cgi_params("/slow", query="30")))
-        time.sleep(0.2)
+        worker.wait_stderr("slow-start")
         worker.control.close()
         self.assertEqual(worker.proc.wait(1), 1)
         worker.control = None
@@ -1209,7 +1226,7 @@ class ProcessTests(unittest.TestCase):
         client = worker.client()
         params = cgi_params("/waiting_in_marker_function", "POST", body_len=4)
         client.send(request_bytes(params, b"", end_stdin=False))
-        time.sleep(0.2)
+        worker.wait_stderr("marker-function-start")
         worker.control.sendall(b'{"cmd": "dump_stacks"}\n')
         event = worker.event()
         self.assertEqual(event["event"], "stacks")
@@ -1240,7 +1257,7 @@ class ProcessTests(unittest.TestCase):
         worker = self.spawn()
         client = worker.client()
         client.send(request_bytes(cgi_params("/slow", query="0.5")))
-        time.sleep(0.2)
+        worker.wait_stderr("slow-start")
         worker.proc.send_signal(signal.SIGTERM)
         resp = client.response()
         self.assertEqual(resp.body, b"slow done")
@@ -1249,9 +1266,10 @@ class ProcessTests(unittest.TestCase):
     def test_sigint_is_ignored(self):
         worker = self.spawn()
         worker.proc.send_signal(signal.SIGINT)
-        time.sleep(0.2)
-        self.assertIsNone(worker.proc.poll())
+        # Python raises KeyboardInterrupt in the main thread at its next bytecode: had
+        # SIGINT not been ignored, serving this request would have ended the worker.
         self.assertEqual(worker.client().get("/hello").body, b"Hello, world!")
+        self.assertIsNone(worker.proc.poll())
 
     def test_listener_moved_off_fd0(self):
         # fd 0 becomes /dev/null, so the app's child processes do not inherit the listener.
