@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::front::ResponseBody;
+use crate::gateway::response::ResponseBody;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape_html(text: &str) -> String {

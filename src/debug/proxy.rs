@@ -33,7 +33,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::auth::{authorize, FailureLimiter, Secret};
 use super::dap::{DapFramer, DapMonitor, Direction, PauseChange};
 use super::info::{self, InfoPage};
-use crate::front::ResponseBody;
+use crate::gateway::response::ResponseBody;
 use crate::pages;
 use crate::pool::{Phase, Pool};
 

@@ -19,7 +19,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use super::status::Metrics;
-use crate::pool::exchange::RequestMeta;
+use crate::pool::observer::{RequestMeta, RequestObserver};
 
 /// The tracing target of access-log events.
 pub const TARGET: &str = "fcgihost::access";
@@ -186,21 +186,12 @@ fn atom_named(name: &str) -> Atom {
     }
 }
 
-/// What is known about a request when its access line is written.
-#[derive(Debug, Clone, Copy)]
-pub struct Outcome {
-    /// The worker id and pid that served it (none when it was refused or answered at the
-    /// door).
-    pub worker: Option<(usize, u32)>,
-    /// The response status sent (or the one intended when the client left).
-    pub status: u16,
-    /// Response body bytes handed to the client.
-    pub bytes: u64,
-}
+pub use crate::pool::observer::Outcome;
 
 /// The access log and the request metrics; one per host, shared by every request.
 ///
-/// It exists so the exchange can finish a request with one call, whatever the format.
+/// It exists so the pool can finish a request with one call, whatever the format: it is
+/// the front door's [`RequestObserver`].
 #[derive(Debug)]
 pub struct AccessLog {
     enabled: bool,
@@ -221,11 +212,6 @@ impl AccessLog {
     /// Whether requests must carry a copy of their headers for this log.
     pub fn needs_headers(&self) -> bool {
         self.enabled && self.format.needs_headers()
-    }
-
-    /// The metrics this log feeds (slow requests and timeouts are counted by the exchange).
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 
     /// Records a finished request: metrics always, a log line when enabled.
@@ -256,6 +242,20 @@ impl AccessLog {
                 tracing::info!(target: TARGET, access_line = line.as_str());
             }
         }
+    }
+}
+
+impl RequestObserver for AccessLog {
+    fn finished(&self, meta: &RequestMeta, outcome: Outcome) {
+        self.record(meta, outcome);
+    }
+
+    fn slow(&self, _meta: &RequestMeta) {
+        self.metrics.slow_request();
+    }
+
+    fn timed_out(&self, _meta: &RequestMeta) {
+        self.metrics.timed_out();
     }
 }
 
@@ -533,7 +533,7 @@ mod tests {
             headers,
             remote: SocketAddr::from(([10, 0, 0, 9], 5555)),
             received: Instant::now(),
-            log: Arc::new(AccessLog::new(
+            observer: Arc::new(AccessLog::new(
                 true,
                 AccessFormat::Text,
                 Arc::new(Metrics::new()),
@@ -557,6 +557,7 @@ mod tests {
             worker: Some((0, 42)),
             status: 200,
             bytes: 0,
+            client_aborted: false,
         };
         let line = atom_line(&pieces, &meta(headers), outcome, Duration::from_millis(5));
         assert!(line.starts_with("10.0.0.9 - user ["), "line: {line}");
@@ -574,6 +575,7 @@ mod tests {
             worker: None,
             status: 503,
             bytes: 12,
+            client_aborted: false,
         };
         let line = json_line(&meta(headers), outcome, Duration::from_millis(3));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();

@@ -145,7 +145,7 @@ impl Front {
             if has_body && length > limit {
                 tracing::warn!(%remote, method = meta.method, path = meta.path, length, limit, "request body larger than max_body_size (413)");
                 let response = body_too_large(limit);
-                exchange::log_access(&meta, None, response.status().as_u16(), 0);
+                meta.finish(None, response.status().as_u16(), 0);
                 return response;
             }
         }
@@ -193,7 +193,7 @@ impl Front {
             },
             remote,
             received: Instant::now(),
-            log: self.access.clone(),
+            observer: self.access.clone(),
         }
     }
 
@@ -220,7 +220,7 @@ impl Front {
             Ok(lease) => lease,
             Err(refusal) => {
                 let response = self.refusal_page(&refusal, remote);
-                exchange::log_access(&meta, None, response.status().as_u16(), 0);
+                meta.finish(None, response.status().as_u16(), 0);
                 return response;
             }
         };

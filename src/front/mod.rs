@@ -9,8 +9,4 @@ pub mod http;
 pub mod limits;
 pub mod status;
 
-use bytes::Bytes;
-
-/// The body type of every response the host sends.
-pub type ResponseBody =
-    http_body_util::combinators::BoxBody<Bytes, crate::pool::exchange::BodyError>;
+pub use crate::gateway::response::ResponseBody;

@@ -4,8 +4,15 @@
 //! Parsing is all-or-nothing: the head is only parsed once its terminating empty line has
 //! arrived, so callers can simply retry with more bytes after `Incomplete`.
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
+
+/// The error type of streamed response bodies.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response the host sends (the app's, streamed, and its own pages).
+pub type ResponseBody = http_body_util::combinators::BoxBody<Bytes, BodyError>;
 
 /// Largest response head (including its terminating empty line) a worker may send.
 pub const MAX_HEAD: usize = 64 * 1024;

@@ -12,7 +12,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -22,10 +21,11 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::observer::Outcome as Reported;
+pub use super::observer::RequestMeta;
 use super::transport::WriteHalf as OwnedWriteHalf;
 use super::Lease;
 use crate::deadline::RequestClock;
-use crate::front::access_log::{AccessLog, Outcome as LogOutcome};
 use crate::gateway::fcgi::{self, EndRequest, RecordDecoder, RecordType};
 use crate::gateway::response::{parse_cgi_head, CgiHead, HeadParse, MAX_HEAD};
 
@@ -36,8 +36,7 @@ pub const REQUEST_ID: u16 = 1;
 /// How long a worker about to be killed for the timeout gets to report its stacks.
 const DUMP_BEFORE_KILL: Duration = Duration::from_millis(500);
 
-/// The error type of streamed response bodies.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::gateway::response::BodyError;
 
 /// A request body the exchange streams to a worker as STDIN records: hyper's for the HTTP
 /// front door, the web server's STDIN records for the FastCGI front door.
@@ -62,36 +61,6 @@ pub enum Failure {
     BodyTooLarge,
     /// The worker was lost before the request started and no other worker took it: 503.
     Unavailable,
-}
-
-/// Identity of a request for logs.
-#[derive(Debug, Clone)]
-pub struct RequestMeta {
-    pub request_id: u64,
-    pub method: String,
-    pub path: String,
-    /// The query string, if the URL had one.
-    pub query: Option<String>,
-    /// The client's HTTP version.
-    pub version: http::Version,
-    /// A copy of the request headers when the access-log format uses them (else empty).
-    pub headers: http::HeaderMap,
-    pub remote: std::net::SocketAddr,
-    pub received: Instant,
-    /// Where the finished request is logged and counted.
-    pub log: Arc<AccessLog>,
-}
-
-impl RequestMeta {
-    /// The request as the worker table shows it while it runs.
-    pub fn current(&self) -> super::CurrentRequest {
-        super::CurrentRequest {
-            request_id: self.request_id,
-            method: self.method.clone(),
-            path: self.path.clone(),
-            started: self.received,
-        }
-    }
 }
 
 /// The start of a response, sent to the HTTP side as soon as the CGI head is parsed.
@@ -241,7 +210,7 @@ async fn drive<B: RequestBody>(
                     "no worker for a request sent back to the queue"
                 );
                 let _ = head_tx.send(Err(Failure::Unavailable));
-                log_access(&meta, None, 503, 0);
+                meta.finish(None, 503, 0);
                 return;
             }
         }
@@ -274,7 +243,7 @@ async fn drive<B: RequestBody>(
         if let Err(err) = write.write_all(&chunk).await {
             tracing::warn!(worker, pid, request_id, error = %err, "worker connection failed");
             let _ = head_tx.take().map(|tx| tx.send(Err(Failure::BadGateway)));
-            log_access(&meta, Some((worker, pid)), 502, 0);
+            meta.finish(Some((worker, pid)), 502, 0);
             return;
         }
     }
@@ -389,7 +358,7 @@ async fn drive<B: RequestBody>(
                     let active = clock.active(now);
                     if !slow_logged && !clock.is_paused() && active >= threshold {
                         slow_logged = true;
-                        meta.log.metrics().slow_request();
+                        meta.observer.slow(&meta);
                         tracing::warn!(
                             worker,
                             pid,
@@ -520,7 +489,7 @@ async fn drive<B: RequestBody>(
         }
         Outcome::TimedOut => {
             let now = Instant::now();
-            meta.log.metrics().timed_out();
+            meta.observer.timed_out(&meta);
             tracing::error!(
                 worker,
                 pid,
@@ -557,7 +526,12 @@ async fn drive<B: RequestBody>(
         }
     }
     drop(lease);
-    log_access(&meta, Some((worker, pid)), status, sent);
+    meta.finish_with(Reported {
+        worker: Some((worker, pid)),
+        status,
+        bytes: sent,
+        client_aborted: client_gone,
+    });
 }
 
 /// Tells the HTTP side the exchange failed: a status page before the head, a cut body after.
@@ -635,17 +609,4 @@ fn log_stderr(worker: usize, pid: u32, request_id: u64, content: &[u8]) {
     for line in text.lines().filter(|l| !l.is_empty()) {
         tracing::info!(target: "fcgihost::worker", worker, pid, request_id, stream = "fcgi-stderr", "{line}");
     }
-}
-
-/// Logs (per `log.access` and `log.access_format`) and counts one finished request;
-/// `worker` is the id and pid that served it, if any.
-pub fn log_access(meta: &RequestMeta, worker: Option<(usize, u32)>, status: u16, bytes: u64) {
-    meta.log.record(
-        meta,
-        LogOutcome {
-            worker,
-            status,
-            bytes,
-        },
-    );
 }
