@@ -21,6 +21,12 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The `pid_file` could not be written.
+    #[error("cannot write the pid file {path}: {source}")]
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A worker process could not be started at all (interpreter missing, ...).
     #[error("cannot start worker: {0}")]
     Spawn(String),

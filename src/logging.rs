@@ -1,11 +1,18 @@
 //! Logging set-up: `tracing` to stderr (and to a file when configured), filtered by the
-//! configured level or `RUST_LOG`.
+//! configured level or `RUST_LOG`; access lines to their own target (`log.access_file`,
+//! gunicorn's `--access-logfile`: `-` is stdout) when one is configured.
 
 use std::path::Path;
 use std::sync::Mutex;
 
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::LogTarget;
+use crate::front::access_log::TARGET as ACCESS_TARGET;
 
 /// Log targets held at `debug` when anything is logged at `trace`: tungstenite's client
 /// handshake logs the whole upgrade request at trace, `Authorization` header (the debug
@@ -14,6 +21,15 @@ const NEVER_TRACE: &[&str] = &["tungstenite::handshake=debug"];
 
 /// Installs the global subscriber. Safe to call once; later calls are ignored.
 pub fn init(level: &str, file: Option<&Path>) -> std::io::Result<()> {
+    init_with_access(level, file, None)
+}
+
+/// [`init`], with access lines going only to `access` when it is set.
+pub fn init_with_access(
+    level: &str,
+    file: Option<&Path>,
+    access: Option<&LogTarget>,
+) -> std::io::Result<()> {
     let mut filter = EnvFilter::try_from_env("RUST_LOG")
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -26,24 +42,47 @@ pub fn init(level: &str, file: Option<&Path>) -> std::io::Result<()> {
         }
     }
     let writer = match file {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            BoxMakeWriter::new(std::io::stderr.and(Mutex::new(file)))
-        }
+        Some(path) => BoxMakeWriter::new(std::io::stderr.and(Mutex::new(append(path)?))),
         None => BoxMakeWriter::new(std::io::stderr),
     };
     // Access lines in the `json` and atom formats are printed bare (one per line).
-    let format = crate::front::access_log::AccessLineFormat(
-        tracing_subscriber::fmt::format().with_ansi(false),
-    );
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let format = || {
+        crate::front::access_log::AccessLineFormat(
+            tracing_subscriber::fmt::format().with_ansi(false),
+        )
+    };
+    let access_writer = match access {
+        None => None,
+        Some(LogTarget::Stdout) => Some(BoxMakeWriter::new(std::io::stdout)),
+        Some(LogTarget::File(path)) => Some(BoxMakeWriter::new(Mutex::new(append(path)?))),
+    };
+    let separate = access_writer.is_some();
+    let main = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(false)
-        .event_format(format)
+        .event_format(format())
+        .with_filter(filter_fn(move |meta| {
+            !separate || meta.target() != ACCESS_TARGET
+        }));
+    let access_layer = access_writer.map(|writer| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(false)
+            .event_format(format())
+            .with_filter(filter_fn(|meta| meta.target() == ACCESS_TARGET))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(main)
+        .with(access_layer)
         .try_init();
     Ok(())
+}
+
+/// Opens a log file for appending (created if missing).
+fn append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use fcgihost::config::{self, CliOverrides};
+use fcgihost::config::{self, CliOverrides, CliSetting};
 
 /// Hosts Python WSGI apps in supervised FastCGI workers, with remote debugging.
 #[derive(Parser)]
@@ -141,8 +141,14 @@ fn attach(args: AttachArgs) -> ExitCode {
 }
 
 /// Settings shared by `serve` and `check`; each overrides the environment and config files.
+/// gunicorn's spellings (`-b`, `-t`, `--chdir`, `--max-requests`, …) work too; see
+/// docs/configuration.md for the table.
 #[derive(Args)]
 struct HostArgs {
+    /// The WSGI app, as gunicorn takes it: `pkg.mod:app`, `pkg.mod.app` or
+    /// `pkg.mod.create_app()` (same as --app).
+    #[arg(value_name = "APP", conflicts_with = "app")]
+    app_positional: Option<String>,
     /// Config file (default: ./fcgihost.toml when present).
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
@@ -150,13 +156,13 @@ struct HostArgs {
     #[arg(long)]
     app: Option<String>,
     /// Directory of the app (working directory and first sys.path entry of workers).
-    #[arg(long)]
+    #[arg(long, visible_alias = "chdir")]
     app_dir: Option<PathBuf>,
     /// Number of worker processes.
     #[arg(long, short = 'w')]
     workers: Option<usize>,
     /// Address to listen on (default 127.0.0.1:8000, or %HTTP_PLATFORM_PORT%).
-    #[arg(long, short = 'l')]
+    #[arg(long, short = 'l', visible_alias = "bind", visible_short_alias = 'b')]
     listen: Option<String>,
     /// Also accept FastCGI (from nginx, Apache, lighttpd) on IP:PORT or a Unix socket path.
     #[arg(long, value_name = "ADDR")]
@@ -164,19 +170,157 @@ struct HostArgs {
     /// Python interpreter for workers (a virtualenv's python works).
     #[arg(long)]
     python: Option<String>,
-    /// Pause-aware request timeout, e.g. "90s"; 0 disables.
-    #[arg(long)]
+    /// Pause-aware request timeout, e.g. "90s" or seconds; 0 disables.
+    #[arg(long, visible_alias = "timeout", short = 't')]
     request_timeout: Option<String>,
     /// Log level (error, warn, info, debug, trace).
     #[arg(long)]
     log_level: Option<String>,
+    /// Time in-flight requests get on shutdown, reload and recycle (graceful_timeout).
+    #[arg(long, value_name = "DURATION")]
+    graceful_timeout: Option<String>,
+    /// Recycle a worker after this many requests (max_requests; 0 = never).
+    #[arg(long, value_name = "N")]
+    max_requests: Option<String>,
+    /// Up to this many extra requests before a recycle, chosen per worker.
+    #[arg(long, value_name = "N")]
+    max_requests_jitter: Option<String>,
+    /// An environment variable for the workers (repeatable).
+    #[arg(long, short = 'e', value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Restart workers when an app file changes (on by default; this overrides a config
+    /// that turned it off).
+    #[arg(long)]
+    reload: bool,
+    /// Access log: `-` for standard output, or a file (log.access_file).
+    #[arg(long, value_name = "FILE")]
+    access_logfile: Option<String>,
+    /// Access-log format: text, json, or gunicorn's atoms (log.access_format).
+    #[arg(long, value_name = "FORMAT")]
+    access_logformat: Option<String>,
+    /// Where fcgihost's own log goes besides stderr: a file, or `-` for stderr only (log.file).
+    #[arg(long, visible_alias = "log-file", value_name = "FILE")]
+    error_logfile: Option<String>,
+    /// Write the host's pid to this file (removed at exit).
+    #[arg(long, visible_alias = "pid-file", value_name = "FILE")]
+    pid: Option<String>,
+    /// Proxies whose X-Forwarded-* headers are believed, comma-separated; `*` = any
+    /// (trusted_proxies).
+    #[arg(long, value_name = "IPS")]
+    forwarded_allow_ips: Option<String>,
+    /// Longest request target in bytes; longer gets 414 (max_request_line; 0 = off).
+    #[arg(long, value_name = "BYTES")]
+    limit_request_line: Option<String>,
+    /// Most header fields in a request; more gets 431 (max_headers).
+    #[arg(long, value_name = "N")]
+    limit_request_fields: Option<String>,
+    /// Longest header field in bytes; longer gets 431 (max_header_field_size; 0 = off).
+    #[arg(
+        long = "limit-request-field_size",
+        visible_alias = "limit-request-field-size",
+        value_name = "BYTES"
+    )]
+    limit_request_field_size: Option<String>,
+    /// Seconds an idle keep-alive connection stays open (keep_alive_timeout).
+    #[arg(long, value_name = "DURATION")]
+    keep_alive: Option<String>,
+    /// Most client connections at once (max_connections).
+    #[arg(long, value_name = "N")]
+    worker_connections: Option<String>,
+    /// Any config key: `--set max_queue=200`, `--set debug.path=/dbg` (repeatable; checked
+    /// like the same key in fcgihost.toml).
+    #[arg(long, value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 impl HostArgs {
-    fn overrides(self) -> CliOverrides {
-        CliOverrides {
+    /// The flags that stand for one config key each, then `--set` and `--env`, in that
+    /// order (a later one wins).
+    fn settings(&self) -> Result<Vec<CliSetting>, String> {
+        let mut out = Vec::new();
+        let keyed: [(&str, &str, &Option<String>); 11] = [
+            (
+                "--graceful-timeout",
+                "graceful_timeout",
+                &self.graceful_timeout,
+            ),
+            ("--max-requests", "max_requests", &self.max_requests),
+            (
+                "--max-requests-jitter",
+                "max_requests_jitter",
+                &self.max_requests_jitter,
+            ),
+            (
+                "--access-logformat",
+                "log.access_format",
+                &self.access_logformat,
+            ),
+            ("--pid", "pid_file", &self.pid),
+            (
+                "--forwarded-allow-ips",
+                "trusted_proxies",
+                &self.forwarded_allow_ips,
+            ),
+            (
+                "--limit-request-line",
+                "max_request_line",
+                &self.limit_request_line,
+            ),
+            (
+                "--limit-request-fields",
+                "max_headers",
+                &self.limit_request_fields,
+            ),
+            (
+                "--limit-request-field_size",
+                "max_header_field_size",
+                &self.limit_request_field_size,
+            ),
+            ("--keep-alive", "keep_alive_timeout", &self.keep_alive),
+            (
+                "--worker-connections",
+                "max_connections",
+                &self.worker_connections,
+            ),
+        ];
+        for (flag, key, value) in keyed {
+            if let Some(value) = value {
+                let mut setting = CliSetting::flag(flag, key, value.clone());
+                // Paths and address lists are text even when they look like numbers.
+                setting.text = matches!(key, "pid_file" | "trusted_proxies");
+                out.push(setting);
+            }
+        }
+        if let Some(target) = &self.access_logfile {
+            out.push(CliSetting::flag("--access-logfile", "log.access", "true"));
+            let mut file = CliSetting::flag("--access-logfile", "log.access_file", target.clone());
+            file.text = true;
+            out.push(file);
+        }
+        if let Some(target) = &self.error_logfile {
+            let file = if target.trim() == "-" {
+                ""
+            } else {
+                target.as_str()
+            };
+            let mut setting = CliSetting::flag("--error-logfile", "log.file", file);
+            setting.text = true;
+            out.push(setting);
+        }
+        for set in &self.set {
+            out.push(CliSetting::parse_set(set).map_err(|e| format!("--set: {e}"))?);
+        }
+        for pair in &self.env {
+            out.push(CliSetting::worker_env(pair).map_err(|e| format!("--env: {e}"))?);
+        }
+        Ok(out)
+    }
+
+    fn overrides(self) -> Result<CliOverrides, String> {
+        let settings = self.settings()?;
+        Ok(CliOverrides {
             config_file: self.config,
-            app: self.app,
+            app: self.app.or(self.app_positional),
             app_dir: self.app_dir,
             python: self.python,
             listen: self.listen,
@@ -184,7 +328,9 @@ impl HostArgs {
             workers: self.workers,
             request_timeout: self.request_timeout,
             log_level: self.log_level,
-        }
+            settings,
+            reload: self.reload,
+        })
     }
 }
 
@@ -206,7 +352,13 @@ fn main() -> ExitCode {
         Command::WebConfig(args) => return web_config(args),
         Command::Migrate(args) => return migrate(args),
     };
-    let overrides = args.overrides();
+    let overrides = match args.overrides() {
+        Ok(overrides) => overrides,
+        Err(err) => {
+            eprintln!("fcgihost: command line {err}");
+            return ExitCode::from(2);
+        }
+    };
     let loaded = match config::load(&overrides, &env) {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -214,9 +366,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(err) =
-        fcgihost::logging::init(&loaded.config.log.level, loaded.config.log.file.as_deref())
-    {
+    if let Err(err) = fcgihost::logging::init_with_access(
+        &loaded.config.log.level,
+        loaded.config.log.file.as_deref(),
+        loaded.config.log.access_file.as_ref(),
+    ) {
         eprintln!("fcgihost: cannot open the log file: {err}");
         return ExitCode::from(2);
     }
@@ -248,7 +402,14 @@ fn main() -> ExitCode {
 
 /// `fcgihost reload`: finds the running host from the same config and asks it to reload.
 fn reload(args: HostArgs, env: &HashMap<String, String>) -> ExitCode {
-    let loaded = match config::load(&args.overrides(), env) {
+    let overrides = match args.overrides() {
+        Ok(overrides) => overrides,
+        Err(err) => {
+            eprintln!("fcgihost: command line {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let loaded = match config::load(&overrides, env) {
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("fcgihost: {err}");

@@ -15,6 +15,7 @@ use crate::debug::auth::Secret;
 use crate::debug::proxy::DebugProxy;
 use crate::front::access_log::{AccessFormat, AccessLog};
 use crate::front::fastcgi;
+use crate::front::health::{DrainFlag, HealthCheck};
 use crate::front::http::{self as front_http, Front, FrontOptions};
 use crate::front::limits::ConnLimits;
 use crate::front::status::{Metrics, StatusPage};
@@ -41,6 +42,7 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
         _ => None,
     };
     let runtime = RuntimeDir::create()?;
+    let pid_file = PidFile::write(config.pid_file.as_deref())?;
     let spec = worker_spec(&config, runtime.worker_script());
     // The FastCGI standard's listening socket on stdin: with it and no `listen` configured,
     // fcgihost was started by a web server or process manager and serves FastCGI only.
@@ -75,8 +77,20 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
             debug: config.debug_enabled(),
             max_body_size: config.limits.max_body_size,
             trusted_proxies: config.trusted_proxies.clone(),
+            max_request_line: config.limits.max_request_line,
+            max_header_field_size: config.limits.max_header_field_size,
         },
     );
+    let draining = DrainFlag::default();
+    if let Some(path) = &config.health_path {
+        tracing::info!(path, instance = config.instance_id, "health endpoint on");
+        front = front.with_health(HealthCheck::new(
+            path,
+            pool.clone(),
+            config.instance_id.clone(),
+            draining.clone(),
+        ));
+    }
     let metrics = Arc::new(Metrics::new());
     front = front.with_access_log(Arc::new(AccessLog::new(
         config.log.access,
@@ -139,20 +153,50 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
     }
 
     let signal = signals.run_until_shutdown(&pool, &cli, &script).await;
+    // From here health answers 503, so balancers stop sending; the listeners stay open
+    // while in-flight requests finish (new requests get 503), then close.
+    draining.start();
     tracing::info!(
         signal,
         "shutting down: finishing in-flight requests (graceful_timeout {:?})",
         grace
     );
-    let _ = stop_tx.send(true);
     pool.shutdown(grace).await;
+    let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
         futures_util::future::join_all(servers),
     )
     .await;
+    drop(pid_file);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The `pid_file`: written at start, removed when dropped (at exit).
+struct PidFile(Option<std::path::PathBuf>);
+
+impl PidFile {
+    fn write(path: Option<&Path>) -> Result<Self, Error> {
+        let Some(path) = path else {
+            return Ok(Self(None));
+        };
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+            Error::PidFile {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        Ok(Self(Some(path.to_owned())))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// Prints the effective configuration with the source of each value, then imports the app

@@ -158,6 +158,17 @@ pub(super) fn read(
         }
         values::parse_url_path(s).map(Some)
     })?;
+    r.set(&mut p.health_path, &["FCGIHOST_HEALTH_PATH"], |s| {
+        values::parse_optional_url_path(s)
+    })?;
+    r.set(
+        &mut p.instance_id,
+        &["FCGIHOST_INSTANCE_ID"],
+        values::parse_instance_id,
+    )?;
+    r.set(&mut p.pid_file, &["FCGIHOST_PID_FILE"], |s| {
+        Ok(non_empty(s).map(|s| absolutize(cwd, Path::new(&s))))
+    })?;
     r.set(
         &mut p.slow_request_threshold,
         &["FCGIHOST_SLOW_REQUEST_THRESHOLD"],
@@ -167,6 +178,16 @@ pub(super) fn read(
         values::parse_byte_size(s).and_then(|n| values::check_min(n, 1024))
     })?;
     r.set(&mut p.max_headers, &["FCGIHOST_MAX_HEADERS"], count(1))?;
+    r.set(
+        &mut p.max_request_line,
+        &["FCGIHOST_MAX_REQUEST_LINE"],
+        |s| values::parse_byte_size(s).map(|n| (n > 0).then_some(n)),
+    )?;
+    r.set(
+        &mut p.max_header_field_size,
+        &["FCGIHOST_MAX_HEADER_FIELD_SIZE"],
+        |s| values::parse_byte_size(s).map(|n| (n > 0).then_some(n)),
+    )?;
     r.set(&mut p.max_body_size, &["FCGIHOST_MAX_BODY_SIZE"], |s| {
         values::parse_byte_size(s).map(|n| (n > 0).then_some(n))
     })?;
@@ -215,6 +236,9 @@ pub(super) fn read(
         &["FCGIHOST_LOG_ACCESS_FORMAT"],
         values::parse_access_format,
     )?;
+    r.set(&mut p.log_access_file, &["FCGIHOST_LOG_ACCESS_FILE"], |s| {
+        Ok(values::parse_log_target(s, cwd))
+    })?;
     r.set(
         &mut p.debug_secret,
         &["FCGIHOST_DEBUG_SECRET", "WSGI_PTVSD_SECRET"],

@@ -12,8 +12,8 @@ use toml::{Spanned, Value};
 
 use super::values::{self, quote};
 use super::{
-    absolutize, non_empty, non_zero, resolve_program, ConfigError, FastcgiListen, Partial, Source,
-    TrustedProxies,
+    absolutize, non_empty, non_zero, resolve_program, CliSetting, ConfigError, FastcgiListen,
+    Partial, Source, TrustedProxies,
 };
 
 /// A value as written, with its byte range in the file.
@@ -46,9 +46,14 @@ struct FileTop {
     script_name: V,
     restart_file_regex: V,
     status_path: V,
+    health_path: V,
+    instance_id: V,
+    pid_file: V,
     slow_request_threshold: V,
     max_header_size: V,
     max_headers: V,
+    max_request_line: V,
+    max_header_field_size: V,
     max_body_size: V,
     header_read_timeout: V,
     keep_alive_timeout: V,
@@ -74,6 +79,7 @@ struct FileLog {
     file: V,
     access: V,
     access_format: V,
+    access_file: V,
 }
 
 /// `[debug]`.
@@ -114,9 +120,14 @@ const TABLES: &[(&str, &[&str])] = &[
             "script_name",
             "restart_file_regex",
             "status_path",
+            "health_path",
+            "instance_id",
+            "pid_file",
             "slow_request_threshold",
             "max_header_size",
             "max_headers",
+            "max_request_line",
+            "max_header_field_size",
             "max_body_size",
             "header_read_timeout",
             "keep_alive_timeout",
@@ -127,7 +138,10 @@ const TABLES: &[(&str, &[&str])] = &[
         ],
     ),
     ("worker", &["command", "env"]),
-    ("log", &["level", "file", "access", "access_format"]),
+    (
+        "log",
+        &["level", "file", "access", "access_format", "access_file"],
+    ),
     ("debug", &["secret", "path", "wait_for_attach", "max_pause"]),
 ];
 
@@ -142,6 +156,16 @@ const ALIASES: &[(&str, &str)] = &[
     ("log_level", "log.level"),
     ("log_file", "log.file"),
     ("access_log", "log.access"),
+    ("forwarded_allow_ips", "trusted_proxies"),
+    ("limit_request_fields", "max_headers"),
+    ("limit_request_line", "max_request_line"),
+    ("limit_request_field_size", "max_header_field_size"),
+    ("pidfile", "pid_file"),
+    ("pid", "pid_file"),
+    ("chdir", "app_dir"),
+    ("accesslog", "log.access_file"),
+    ("errorlog", "log.file"),
+    ("graceful", "graceful_timeout"),
 ];
 
 /// Reads and converts the TOML file. `given` is the path as the user wrote it (for messages
@@ -163,9 +187,70 @@ pub(super) fn parse(given: &Path, base: &Path, text: &str) -> Result<Partial, Co
         text,
         base: base.to_path_buf(),
         source: Source::File(given.to_path_buf()),
+        cli_arg: None,
     };
     let top: FileTop = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
     ctx.convert(top)
+}
+
+/// Converts one command-line setting (`--set key=value`, or a flag standing for a key) as
+/// if `key = value` were written in `fcgihost.toml`: same keys, same checks, same messages,
+/// but naming the argument instead of a file line. Relative paths resolve against `cwd`.
+pub(super) fn parse_setting(setting: &CliSetting, cwd: &Path) -> Result<Partial, ConfigError> {
+    let fail = |message: String| ConfigError::CliValue {
+        arg: setting.arg.clone(),
+        message,
+    };
+    let key = setting.key.trim();
+    let parts: Vec<&str> = key.split('.').collect();
+    // `worker.env.NAME`: the rest after `worker.env.` is the variable's name, whatever it
+    // holds.
+    let path: Vec<&str> = match parts.as_slice() {
+        ["worker", "env", _, ..] => vec!["worker", "env", &key["worker.env.".len()..]],
+        _ => parts,
+    };
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(fail(format!(
+            "invalid key {} (use a config key such as `workers` or `debug.path`)",
+            quote(key)
+        )));
+    }
+    let value = if setting.text {
+        Value::String(setting.value.clone())
+    } else {
+        guess_value(&setting.value)
+    };
+    let mut leaf = value;
+    for name in path.iter().rev() {
+        let mut table = toml::Table::new();
+        table.insert((*name).to_string(), leaf);
+        leaf = Value::Table(table);
+    }
+    let Value::Table(top) = leaf else {
+        return Err(fail("invalid key".into()));
+    };
+    let text = toml::to_string(&top).map_err(|e| fail(e.to_string()))?;
+    let ctx = Ctx {
+        given: PathBuf::from(&setting.arg),
+        text: &text,
+        base: cwd.to_path_buf(),
+        source: Source::Cli,
+        cli_arg: Some(setting.arg.clone()),
+    };
+    let top: FileTop = toml::from_str(&text).map_err(|e| ctx.toml_error(&e))?;
+    ctx.convert(top)
+}
+
+/// A value typed on the command line: TOML when it reads as one value (`4`, `true`,
+/// `["a", "b"]`, `"quoted"`), else the text itself (`90s`, `myapp:app`, `0.0.0.0:8000`).
+fn guess_value(raw: &str) -> Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(table) if table.len() == 1 => match table.get("v") {
+            Some(v) if !matches!(v, Value::Table(_) | Value::Datetime(_)) => v.clone(),
+            _ => Value::String(raw.to_string()),
+        },
+        _ => Value::String(raw.to_string()),
+    }
 }
 
 /// What converting needs to know about the file.
@@ -174,11 +259,19 @@ struct Ctx<'a> {
     text: &'a str,
     base: PathBuf,
     source: Source,
+    /// The command-line argument this text stands for (errors name it, not a line).
+    cli_arg: Option<String>,
 }
 
 impl Ctx<'_> {
     /// An error at a byte offset.
     fn at(&self, offset: usize, message: String) -> ConfigError {
+        if let Some(arg) = &self.cli_arg {
+            return ConfigError::CliValue {
+                arg: arg.clone(),
+                message,
+            };
+        }
         ConfigError::At {
             file: self.given.clone(),
             line: values::line_of(self.text, offset),
@@ -204,6 +297,7 @@ impl Ctx<'_> {
         };
         match e.span() {
             Some(span) => self.at(span.start, message),
+            None if self.cli_arg.is_some() => self.at(0, message),
             None => ConfigError::InFile {
                 file: self.given.clone(),
                 message,
@@ -362,6 +456,15 @@ impl Ctx<'_> {
             }
             values::parse_url_path(&s).map(Some)
         })?;
+        self.set(&mut p.health_path, &top.health_path, "health_path", |v| {
+            text(v).and_then(|s| values::parse_optional_url_path(&s))
+        })?;
+        self.set(&mut p.instance_id, &top.instance_id, "instance_id", |v| {
+            text(v).and_then(|s| values::parse_instance_id(&s))
+        })?;
+        self.set(&mut p.pid_file, &top.pid_file, "pid_file", |v| {
+            text(v).map(|s| non_empty(&s).map(|s| absolutize(base, Path::new(&s))))
+        })?;
         self.set(
             &mut p.slow_request_threshold,
             &top.slow_request_threshold,
@@ -380,6 +483,18 @@ impl Ctx<'_> {
         self.set(&mut p.max_headers, &top.max_headers, "max_headers", |v| {
             count(v, 1)
         })?;
+        self.set(
+            &mut p.max_request_line,
+            &top.max_request_line,
+            "max_request_line",
+            |v| byte_size(v).map(|n| (n > 0).then_some(n)),
+        )?;
+        self.set(
+            &mut p.max_header_field_size,
+            &top.max_header_field_size,
+            "max_header_field_size",
+            |v| byte_size(v).map(|n| (n > 0).then_some(n)),
+        )?;
         self.set(
             &mut p.max_body_size,
             &top.max_body_size,
@@ -441,6 +556,12 @@ impl Ctx<'_> {
             &log.access_format,
             "log.access_format",
             |v| text(v).and_then(|s| values::parse_access_format(&s)),
+        )?;
+        self.set(
+            &mut p.log_access_file,
+            &log.access_file,
+            "log.access_file",
+            |v| text(v).map(|s| values::parse_log_target(&s, base)),
         )?;
 
         let debug = top.debug.unwrap_or_default();

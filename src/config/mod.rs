@@ -74,6 +74,83 @@ pub struct CliOverrides {
     pub request_timeout: Option<String>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// Every other setting given on the command line, in order: `--set key=value` and the
+    /// gunicorn-style flags (`--max-requests 500` is `max_requests = 500`). Converted and
+    /// checked exactly like the same key in `fcgihost.toml`; a later one wins.
+    pub settings: Vec<CliSetting>,
+    /// `--reload`: restart workers when app files change, even where the config turned it
+    /// off (with wfastcgi's default pattern unless one is configured).
+    pub reload: bool,
+}
+
+/// One `key = value` from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliSetting {
+    /// How the user wrote it, for messages: `--set workers=0`, `--max-requests`.
+    pub arg: String,
+    /// Dotted config key (`max_requests`, `debug.secret`, `worker.env.NAME`).
+    pub key: String,
+    /// The value as typed.
+    pub value: String,
+    /// Take the value as text even when it reads as a number or boolean (`--env K=1`).
+    pub text: bool,
+}
+
+impl CliSetting {
+    /// `--set key=value`.
+    pub fn parse_set(arg: &str) -> Result<Self, String> {
+        let (key, value) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=value, got {}", values::quote(arg)))?;
+        Ok(Self {
+            arg: format!("--set {arg}"),
+            key: key.trim().to_string(),
+            value: value.to_string(),
+            text: false,
+        })
+    }
+
+    /// A flag that sets one key (`--max-requests 500`).
+    pub fn flag(flag: &str, key: &str, value: impl Into<String>) -> Self {
+        Self {
+            arg: flag.to_string(),
+            key: key.to_string(),
+            value: value.into(),
+            text: false,
+        }
+    }
+
+    /// `-e/--env NAME=VALUE`: one worker environment variable, its value always text.
+    pub fn worker_env(arg: &str) -> Result<Self, String> {
+        let (name, value) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("expected NAME=VALUE, got {}", values::quote(arg)))?;
+        values::check_env_name(name)?;
+        Ok(Self {
+            arg: format!("--env {name}"),
+            key: format!("worker.env.{name}"),
+            value: value.to_string(),
+            text: true,
+        })
+    }
+}
+
+/// Where a log goes besides (or instead of) the main log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard output (`-`).
+    Stdout,
+    /// Appended to this file (absolute).
+    File(PathBuf),
+}
+
+impl fmt::Display for LogTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogTarget::Stdout => f.write_str("- (stdout)"),
+            LogTarget::File(path) => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 /// The effective configuration the host runs from.
@@ -138,6 +215,15 @@ pub struct Config {
     /// URL path of the status page (JSON, HTML, and Prometheus text at `<path>/metrics`);
     /// `None` = off.
     pub status_path: Option<String>,
+    /// URL path of the health check any client may ask (200 while a worker is ready, 503
+    /// while starting, when every worker is down, and from the start of a drain); `None` =
+    /// off.
+    pub health_path: Option<String>,
+    /// This host's name among several behind one balancer: `WEBSITE_INSTANCE_ID` (App
+    /// Service), else `instance_id`, else the machine's host name.
+    pub instance_id: String,
+    /// Write the host's pid here at start and remove it at exit (gunicorn's `--pid`).
+    pub pid_file: Option<PathBuf>,
     /// Log the worker's Python stacks when a request's active time passes this; `None` = off.
     pub slow_request_threshold: Option<Duration>,
     /// Limits on what clients may send and hold.
@@ -191,6 +277,8 @@ pub struct LogConfig {
     /// Access-log format: `text` (fields), `json` (JSON lines), or a gunicorn-style atom
     /// string such as `%(h)s "%(r)s" %(s)s %(b)s`.
     pub access_format: String,
+    /// Access lines go here instead of the main log; `None` = the main log.
+    pub access_file: Option<LogTarget>,
 }
 
 /// Limits against oversized requests and clients that hold connections (top-level keys).
@@ -210,6 +298,12 @@ pub struct Limits {
     /// Most client connections served at once (more wait in the listen backlog); `None` =
     /// no cap.
     pub max_connections: Option<usize>,
+    /// Longest request target (path and query) in bytes; longer gets 414. `None` = only
+    /// `max_header_size` bounds it.
+    pub max_request_line: Option<u64>,
+    /// Longest single header field (name and value) in bytes; longer gets 431. `None` =
+    /// only `max_header_size` bounds it.
+    pub max_header_field_size: Option<u64>,
 }
 
 /// `[debug]`: remote debugging through the `/ptvsd` WebSocket proxy.
@@ -315,6 +409,15 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A command-line setting (`--set key=value` or a flag that stands for a key) is
+    /// wrong; the message is the one the same key gets in `fcgihost.toml`.
+    #[error("command line {arg}: {message}")]
+    CliValue {
+        /// How the user wrote it (`--set wokers=4`, `--max-requests`).
+        arg: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A command-line flag has a bad value.
     #[error("command line {flag}: {message}")]
     Cli {
@@ -366,6 +469,9 @@ struct Partial {
     script_name: Slot<String>,
     restart_file_regex: Slot<Option<String>>,
     status_path: Slot<Option<String>>,
+    health_path: Slot<Option<String>>,
+    instance_id: Slot<Option<String>>,
+    pid_file: Slot<Option<PathBuf>>,
     slow_request_threshold: Slot<Option<Duration>>,
     max_header_size: Slot<u64>,
     max_headers: Slot<usize>,
@@ -373,6 +479,8 @@ struct Partial {
     header_read_timeout: Slot<Option<Duration>>,
     keep_alive_timeout: Slot<Option<Duration>>,
     max_connections: Slot<Option<usize>>,
+    max_request_line: Slot<Option<u64>>,
+    max_header_field_size: Slot<Option<u64>>,
     worker_command: Slot<Option<Vec<String>>>,
     /// Merged per variable name across layers.
     worker_env: BTreeMap<String, (String, Source)>,
@@ -380,6 +488,7 @@ struct Partial {
     log_file: Slot<Option<PathBuf>>,
     log_access: Slot<bool>,
     log_access_format: Slot<String>,
+    log_access_file: Slot<Option<LogTarget>>,
     debug_secret: Slot<Option<String>>,
     debug_path: Slot<String>,
     debug_wait_for_attach: Slot<Option<Duration>>,
@@ -407,6 +516,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Default `max_connections` (gunicorn's `worker_connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Default `health_path`.
+pub const DEFAULT_HEALTH_PATH: &str = "/_fcgihost/health";
 
 /// wfastcgi's default `WSGI_RESTART_FILE_REGEX`.
 pub const DEFAULT_RESTART_FILE_REGEX: &str = r".*((\.py)|(\.config))$";
@@ -481,13 +593,20 @@ pub fn load_with_cwd(
     };
     let env_layer = env::read(env, cwd, &mut warnings)?;
     let cli_layer = cli_layer(cli, cwd)?;
+    let mut set_layers = cli
+        .settings
+        .iter()
+        .map(|setting| file::parse_setting(setting, cwd))
+        .collect::<Result<Vec<Partial>, ConfigError>>()?;
+    set_layers.reverse();
 
     let default_dir = config_file
         .as_ref()
         .and_then(|(_, abs)| abs.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| cwd.to_path_buf());
-    let (app_dir, app_dir_src) = [&cli_layer, &env_layer, &file_layer]
-        .iter()
+    let (app_dir, app_dir_src) = std::iter::once(&cli_layer)
+        .chain(&set_layers)
+        .chain([&env_layer, &file_layer])
         .find_map(|l| l.app_dir.clone())
         .unwrap_or((default_dir, Source::Default));
     if !app_dir.is_dir() {
@@ -498,7 +617,10 @@ pub fn load_with_cwd(
     }
     let (web_layer, web_config) = webconfig::read(&app_dir, env, &mut warnings)?;
 
-    let layers = [&cli_layer, &env_layer, &file_layer, &web_layer];
+    let layers: Vec<&Partial> = std::iter::once(&cli_layer)
+        .chain(&set_layers)
+        .chain([&env_layer, &file_layer, &web_layer])
+        .collect();
     macro_rules! pick {
         ($field:ident, $default:expr) => {
             layers
@@ -553,11 +675,32 @@ pub fn load_with_cwd(
     let max_worker_rss = pick!(max_worker_rss, None);
     let max_worker_lifetime = pick!(max_worker_lifetime, None);
     let script_name = pick!(script_name, String::new());
-    let restart = pick!(
+    let mut restart = pick!(
         restart_file_regex,
         Some(DEFAULT_RESTART_FILE_REGEX.to_string())
     );
+    if cli.reload && restart.0.is_none() {
+        restart = (Some(DEFAULT_RESTART_FILE_REGEX.to_string()), Source::Cli);
+    }
     let status_path = pick!(status_path, None);
+    let health_path = pick!(health_path, Some(DEFAULT_HEALTH_PATH.to_string()));
+    let instance_id = match env
+        .get("WEBSITE_INSTANCE_ID")
+        .map(|v| values::parse_instance_id(v))
+    {
+        Some(Ok(Some(id))) => (id, Source::Env("WEBSITE_INSTANCE_ID".into())),
+        Some(Err(message)) => {
+            return Err(ConfigError::Env {
+                var: "WEBSITE_INSTANCE_ID".into(),
+                message,
+            })
+        }
+        _ => match layers.iter().find_map(|l| l.instance_id.clone()) {
+            Some((Some(id), src)) => (id, src),
+            _ => (host_name(env), Source::Default),
+        },
+    };
+    let pid_file = pick!(pid_file, None);
     let slow = pick!(slow_request_threshold, None);
     let max_header_size = pick!(max_header_size, DEFAULT_MAX_HEADER_SIZE);
     let max_headers = pick!(max_headers, DEFAULT_MAX_HEADERS);
@@ -565,11 +708,14 @@ pub fn load_with_cwd(
     let header_read_timeout = pick!(header_read_timeout, Some(DEFAULT_HEADER_READ_TIMEOUT));
     let keep_alive_timeout = pick!(keep_alive_timeout, Some(DEFAULT_KEEP_ALIVE_TIMEOUT));
     let max_connections = pick!(max_connections, Some(DEFAULT_MAX_CONNECTIONS));
+    let max_request_line = pick!(max_request_line, None);
+    let max_header_field_size = pick!(max_header_field_size, None);
     let command = pick!(worker_command, None);
     let log_level = pick!(log_level, "info".to_string());
     let log_file = pick!(log_file, None);
     let log_access = pick!(log_access, true);
     let access_format = pick!(log_access_format, "text".to_string());
+    let access_file = pick!(log_access_file, None);
     let secret = pick!(debug_secret, None);
     let debug_path = pick!(debug_path, "/ptvsd".to_string());
     let wait = pick!(debug_wait_for_attach, None);
@@ -635,6 +781,9 @@ pub fn load_with_cwd(
         script_name: script_name.0.clone(),
         restart_file_regex: restart.0.clone(),
         status_path: status_path.0.clone(),
+        health_path: health_path.0.clone(),
+        instance_id: instance_id.0.clone(),
+        pid_file: pid_file.0.clone(),
         slow_request_threshold: slow.0,
         limits: Limits {
             max_header_size: max_header_size.0,
@@ -643,6 +792,8 @@ pub fn load_with_cwd(
             header_read_timeout: header_read_timeout.0,
             keep_alive_timeout: keep_alive_timeout.0,
             max_connections: max_connections.0,
+            max_request_line: max_request_line.0,
+            max_header_field_size: max_header_field_size.0,
         },
         worker: WorkerConfig {
             command: command.0.clone(),
@@ -656,6 +807,7 @@ pub fn load_with_cwd(
             file: log_file.0.clone(),
             access: log_access.0,
             access_format: access_format.0.clone(),
+            access_file: access_file.0.clone(),
         },
         debug: DebugConfig {
             secret: secret.0.clone(),
@@ -778,6 +930,19 @@ pub fn load_with_cwd(
         status_path.0.unwrap_or_else(|| "\"\" (off)".into()),
         &status_path.1,
     );
+    add(
+        "health_path",
+        health_path.0.unwrap_or_else(|| "\"\" (off)".into()),
+        &health_path.1,
+    );
+    add("instance_id", instance_id.0, &instance_id.1);
+    add(
+        "pid_file",
+        pid_file
+            .0
+            .map_or_else(|| "(none)".into(), |p| p.display().to_string()),
+        &pid_file.1,
+    );
     add("slow_request_threshold", off(slow.0, "0 (off)"), &slow.1);
     add(
         "max_header_size",
@@ -809,6 +974,18 @@ pub fn load_with_cwd(
             .map_or_else(|| "0 (no cap)".into(), |n| n.to_string()),
         &max_connections.1,
     );
+    let bytes_or =
+        |n: Option<u64>| n.map_or_else(|| "0 (max_header_size only)".into(), |n| n.to_string());
+    add(
+        "max_request_line",
+        bytes_or(max_request_line.0),
+        &max_request_line.1,
+    );
+    add(
+        "max_header_field_size",
+        bytes_or(max_header_field_size.0),
+        &max_header_field_size.1,
+    );
     add(
         "worker.command",
         command
@@ -838,6 +1015,13 @@ pub fn load_with_cwd(
     );
     add("log.access", log_access.0.to_string(), &log_access.1);
     add("log.access_format", access_format.0, &access_format.1);
+    add(
+        "log.access_file",
+        access_file
+            .0
+            .map_or_else(|| "(none: the main log)".into(), |t| t.to_string()),
+        &access_file.1,
+    );
     add(
         "debug.secret",
         if secret.0.is_some() {
@@ -910,6 +1094,33 @@ fn looks_secret(name: &str) -> bool {
     ]
     .iter()
     .any(|w| n.contains(w))
+}
+
+/// The machine's host name (the last fallback for the instance id): `gethostname` on Unix,
+/// `COMPUTERNAME` on Windows; `localhost` when neither answers.
+fn host_name(env: &HashMap<String, String>) -> String {
+    #[cfg(unix)]
+    {
+        let _ = env;
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc == 0 {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            if let Ok(Some(name)) = values::parse_instance_id(&String::from_utf8_lossy(&buf[..end]))
+            {
+                return name;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    if let Some(Ok(Some(name))) = env
+        .get("COMPUTERNAME")
+        .map(|v| values::parse_instance_id(v))
+    {
+        return name;
+    }
+    "localhost".to_string()
 }
 
 /// The port the server in front expects us on: `HTTP_PLATFORM_PORT` (IIS HttpPlatformHandler)

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use super::FastcgiListen;
+use super::{FastcgiListen, LogTarget};
 
 /// The hint appended to every duration error.
 const DURATION_HINT: &str = "(use e.g. \"90s\", \"2m\")";
@@ -307,6 +307,44 @@ pub(super) fn parse_url_path(s: &str) -> Result<String, String> {
         ));
     }
     Ok(p)
+}
+
+/// A URL path, or `""` for "off" (`health_path`).
+pub(super) fn parse_optional_url_path(s: &str) -> Result<Option<String>, String> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    parse_url_path(s).map(Some)
+}
+
+/// Longest `instance_id` (App Service's `WEBSITE_INSTANCE_ID` is 64 hex digits).
+const MAX_INSTANCE_ID: usize = 128;
+
+/// An instance id: what a balancer's affinity cookie carries, so only characters a cookie
+/// value and a header may hold (letters, digits, `-`, `_`, `.`, `:`); `""` = not set.
+pub(super) fn parse_instance_id(s: &str) -> Result<Option<String>, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+    if t.len() > MAX_INSTANCE_ID || !t.chars().all(allowed) {
+        return Err(format!(
+            "invalid instance id {} (up to {MAX_INSTANCE_ID} letters, digits, `-`, `_`, `.` or `:`)",
+            quote(s)
+        ));
+    }
+    Ok(Some(t.to_string()))
+}
+
+/// Where a log goes: `-` is standard output (gunicorn's spelling), `""` the main log, any
+/// other value a file (relative to `base`).
+pub(super) fn parse_log_target(s: &str, base: &Path) -> Option<LogTarget> {
+    match s.trim() {
+        "" => None,
+        "-" => Some(LogTarget::Stdout),
+        path => Some(LogTarget::File(super::absolutize(base, Path::new(path)))),
+    }
 }
 
 /// Splits a command line the simple, shell-like way: whitespace separates words, `"..."` and

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::access_log::{AccessFormat, AccessLog};
+use super::health::HealthCheck;
 use super::limits::{Activity, ConnLimits, TrackedBody, WatchedIo};
 use super::status::{Metrics, StatusPage};
 use super::ResponseBody;
@@ -48,6 +49,10 @@ pub struct FrontOptions {
     /// `trusted_proxies`: peers whose `X-Forwarded-*`, `Forwarded`, `X-ARR-SSL` and
     /// `X-Original-URL` headers set the client, scheme, host and target the app sees.
     pub trusted_proxies: TrustedProxies,
+    /// `max_request_line`: a longer request target gets 414; `None` = no limit of its own.
+    pub max_request_line: Option<u64>,
+    /// `max_header_field_size`: a longer header field (name and value) gets 431.
+    pub max_header_field_size: Option<u64>,
 }
 
 /// Routes requests; shared by every connection.
@@ -59,6 +64,8 @@ pub struct Front {
     debug: Option<Arc<DebugProxy>>,
     /// The status page (`status_path`), when configured.
     status: Option<StatusPage>,
+    /// The health endpoint (`health_path`), when configured.
+    health: Option<HealthCheck>,
     /// The access log and request metrics.
     access: Arc<AccessLog>,
 }
@@ -77,6 +84,7 @@ impl Front {
             next_request: AtomicU64::new(1),
             debug: None,
             status: None,
+            health: None,
             access,
         }
     }
@@ -91,6 +99,12 @@ impl Front {
     /// Serves the status page and its metrics ahead of the app.
     pub fn with_status(mut self, status: StatusPage) -> Self {
         self.status = Some(status);
+        self
+    }
+
+    /// Answers the health endpoint ahead of everything else.
+    pub fn with_health(mut self, health: HealthCheck) -> Self {
+        self.health = Some(health);
         self
     }
 
@@ -112,6 +126,12 @@ impl Front {
         let resolved = ProxyHeaders::from_headers(req.headers())
             .resolve(peer.ip(), &self.options.trusted_proxies);
         let remote = resolved.client.map_or(peer, |client| client.socket_addr());
+        if let Some(health) = self.health.as_ref().filter(|h| h.owns(req.uri().path())) {
+            return health.handle();
+        }
+        if let Some(response) = self.over_field_limits(&req, remote) {
+            return response;
+        }
         if let Some(proxy) = self.debug.as_ref().filter(|p| p.owns(req.uri().path())) {
             return proxy.handle(req, remote, peer).await;
         }
@@ -165,6 +185,42 @@ impl Front {
             fcgi::put_stream(&mut records, RecordType::Stdin, REQUEST_ID, &[]);
         }
         self.dispatch(records, has_body.then_some(body), meta).await
+    }
+
+    /// 414 or 431 for a request over `max_request_line` or `max_header_field_size`
+    /// (gunicorn's `limit_request_line` and `limit_request_field_size`).
+    fn over_field_limits(
+        &self,
+        req: &Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Option<Response<ResponseBody>> {
+        let over = |len: usize, limit: Option<u64>| limit.is_some_and(|l| len as u64 > l);
+        let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if over(target, self.options.max_request_line) {
+            tracing::warn!(%remote, length = target, limit = self.options.max_request_line, "request target longer than max_request_line (414)");
+            return Some(pages::html(
+                http::StatusCode::URI_TOO_LONG,
+                "URI Too Long",
+                "The request target is longer than this server accepts (max_request_line).",
+                None,
+            ));
+        }
+        let field = req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .max()
+            .unwrap_or(0);
+        if over(field, self.options.max_header_field_size) {
+            tracing::warn!(%remote, length = field, limit = self.options.max_header_field_size, "header field longer than max_header_field_size (431)");
+            return Some(pages::html(
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request Header Fields Too Large",
+                "A header field is longer than this server accepts (max_header_field_size).",
+                None,
+            ));
+        }
+        None
     }
 
     /// The proxies whose headers are believed (the FastCGI front door applies them too).
