@@ -19,25 +19,39 @@ use crate::front::access_log::TARGET as ACCESS_TARGET;
 /// secret of `fcgihost attach`) included.
 const NEVER_TRACE: &[&str] = &["tungstenite::handshake=debug"];
 
+/// The target of the app's output (worker stdout/stderr), never filtered by the host's level.
+pub use crate::pool::app_output::TARGET as APP_TARGET;
+
 /// Installs the global subscriber. Safe to call once; later calls are ignored.
 pub fn init(level: &str, file: Option<&Path>) -> std::io::Result<()> {
     init_with_access(level, file, None)
 }
 
 /// [`init`], with access lines going only to `access` when it is set.
+///
+/// The app's own output (target [`APP_TARGET`]) is shown at every level, whatever `level`
+/// or `RUST_LOG` says for the host, unless they name that target themselves (e.g.
+/// `warn,fcgihost::app=off`).
 pub fn init_with_access(
     level: &str,
     file: Option<&Path>,
     access: Option<&LogTarget>,
 ) -> std::io::Result<()> {
-    let mut filter = EnvFilter::try_from_env("RUST_LOG")
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| EnvFilter::try_new(v).is_ok());
+    let spec = from_env.as_deref().unwrap_or(level);
+    let mut filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
     let traces = filter
         .max_level_hint()
         .is_none_or(|max| max == tracing_subscriber::filter::LevelFilter::TRACE);
     for directive in NEVER_TRACE.iter().filter(|_| traces) {
         if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    if !spec.contains(APP_TARGET) {
+        if let Ok(directive) = format!("{APP_TARGET}=trace").parse() {
             filter = filter.add_directive(directive);
         }
     }

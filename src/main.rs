@@ -173,7 +173,9 @@ struct HostArgs {
     /// Pause-aware request timeout, e.g. "90s" or seconds; 0 disables.
     #[arg(long, visible_alias = "timeout", short = 't')]
     request_timeout: Option<String>,
-    /// Log level (error, warn, info, debug, trace).
+    /// fcgihost's log level (error, warn, info, debug, trace) or a filter such as
+    /// `info,fcgihost::access=off` (no access lines). The app's output (target
+    /// fcgihost::app) is shown at any level unless the filter names that target.
     #[arg(long)]
     log_level: Option<String>,
     /// Time in-flight requests get on shutdown, reload and recycle (graceful_timeout).

@@ -607,6 +607,6 @@ fn with_request_id(records: Bytes, fcgi_id: u16) -> Bytes {
 fn log_stderr(worker: usize, pid: u32, request_id: u64, content: &[u8]) {
     let text = String::from_utf8_lossy(content);
     for line in text.lines().filter(|l| !l.is_empty()) {
-        tracing::info!(target: "fcgihost::worker", worker, pid, request_id, stream = "fcgi-stderr", "{line}");
+        super::app_output::log_line(worker, pid, Some(request_id), "fcgi-stderr", line);
     }
 }

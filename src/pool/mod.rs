@@ -16,6 +16,7 @@
 //! request's use of a worker), [`exchange`] (running it), [`observer`] (what the pool
 //! reports to the front door about each request), [`supervisor`] (process lifecycle).
 
+pub mod app_output;
 pub mod conn;
 pub mod control;
 mod dispatch;

@@ -133,7 +133,7 @@ async fn capture_lines(stream: impl AsyncRead + Unpin, worker: usize, pid: u32, 
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\r', '\n']);
-                tracing::info!(target: "fcgihost::worker", worker, pid, stream = which, "{text}");
+                super::app_output::log_line(worker, pid, None, which, text);
             }
         }
     }

@@ -22,7 +22,11 @@ Process interface
   and reports it as its first event, ``listening`` {port}. Every FastCGI connection must
   start with the same token line, else it is closed unanswered. fd 0 is not used.
 * stdout and stderr are piped to the host, which logs them line by line; wsgi.errors is
-  sys.stderr, and unhandled app errors are logged there with their traceback.
+  sys.stderr, and unhandled app errors are logged there with their traceback. Every line
+  written while a ``logging`` record is being handled (or a ``warnings`` warning shown, or
+  the worker reports an error of its own) starts with ``\x1f<levelno>\x1f`` (``\x1f40\x1f``
+  for ERROR): the host logs it at that level. Lines without the mark (a bare ``print``)
+  are logged at INFO. See LevelTaggedStream.
 * SIGINT is ignored (the host handles Ctrl-C and drains). SIGTERM: exit 0 at once when
   idle, or right after the request in progress (the app's atexit handlers run; its
   non-daemon threads are not waited for). Before ``ready`` is sent, SIGTERM has its
@@ -72,6 +76,7 @@ line, body), an empty STDOUT and END_REQUEST. Details the host can rely on:
 
 import hmac
 import json
+import logging
 import os
 import select
 import signal
@@ -80,6 +85,7 @@ import struct
 import sys
 import threading
 import traceback
+import warnings
 from collections import deque
 
 # --- FastCGI constants (FastCGI specification 1.0, section 8) -------------------------
@@ -756,12 +762,8 @@ class Connection:
             return
         text = traceback.format_exc()
         target = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
-        try:
-            sys.stderr.write("fcgihost worker: error in %s %s\n%s" % (
-                environ.get("REQUEST_METHOD", "?"), target, text))
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
+        log_error("fcgihost worker: error in %s %s\n%s" % (
+            environ.get("REQUEST_METHOD", "?"), target, text))
         if self._ended:
             return  # close() failed after the whole response was sent: logged only
         if self._headers_sent:
@@ -837,7 +839,7 @@ class Worker:
             except ConnectionLost:
                 pass
             except ProtocolError as exc:
-                sys.stderr.write("fcgihost worker: FastCGI protocol error: %s\n" % exc)
+                log_error("fcgihost worker: FastCGI protocol error: %s\n" % exc)
             finally:
                 sock.close()
 
@@ -916,7 +918,7 @@ class ControlChannel:
         elif command == "stop":
             self.on_stop()
         else:
-            sys.stderr.write("fcgihost worker: unknown control command %r\n" % (line[:200],))
+            log_error("fcgihost worker: unknown control command %r\n" % (line[:200],))
 
 
 def format_all_stacks():
@@ -1043,8 +1045,7 @@ def start_debugger(control):
     except ImportError:
         install = '"%s" -m pip install debugpy' % sys.executable
         control.send("debugpy_missing", python=sys.executable, install=install)
-        sys.stderr.write("fcgihost worker: debugging needs debugpy; install it with: %s\n"
-                         % install)
+        log_error("fcgihost worker: debugging needs debugpy; install it with: %s\n" % install)
         _exit(EXIT_DEBUGPY_MISSING)
     address = debugpy.listen(("127.0.0.1", 0))
     control.send("debug_listening", port=address[1])
@@ -1111,12 +1112,94 @@ def _take_listener():
     return listener
 
 
+# --- The app's output: log levels on the pipes -----------------------------------------
+
+LEVEL_MARK = "\x1f"
+"""Encloses the level number that starts a tagged line (ASCII unit separator)."""
+
+_emitting = threading.local()
+"""``level``: the logging level of the record this thread is writing out, else None."""
+
+
+class LevelTaggedStream:
+    """Wraps sys.stdout or sys.stderr: each line written while this thread handles a
+    logging record (see tag_log_levels) starts with LEVEL_MARK + levelno + LEVEL_MARK, so
+    the host logs a traceback that Django's ``logger.error`` wrote as an ERROR, and a bare
+    print at INFO. Everything else is the wrapped stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._at_line_start = True
+
+    def write(self, text):
+        level = getattr(_emitting, "level", None)
+        if level is None or not text or not isinstance(text, str):
+            out = text
+        else:
+            mark = "%s%d%s" % (LEVEL_MARK, level, LEVEL_MARK)
+            lines = text.split("\n")
+            out = "\n".join(
+                mark + line if line and (i > 0 or self._at_line_start) else line
+                for i, line in enumerate(lines)
+            )
+        if isinstance(text, str) and text:
+            self._at_line_start = text.endswith("\n")
+        self._stream.write(out)
+        return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _at_level(levelno, function, *args, **kwargs):
+    """Call function with this thread's output tagged as levelno."""
+    previous = getattr(_emitting, "level", None)
+    _emitting.level = levelno
+    try:
+        return function(*args, **kwargs)
+    finally:
+        _emitting.level = previous
+
+
+def tag_log_levels():
+    """Wrap stdout and stderr in LevelTaggedStream, and have every logging handler and the
+    warnings module mark what they write with the record's level."""
+    sys.stdout = LevelTaggedStream(sys.stdout)
+    sys.stderr = LevelTaggedStream(sys.stderr)
+    handle = logging.Handler.handle
+
+    def handle_tagged(self, record):
+        return _at_level(record.levelno, handle, self, record)
+
+    logging.Handler.handle = handle_tagged
+    show = warnings.showwarning
+
+    def showwarning_tagged(*args, **kwargs):
+        return _at_level(logging.WARNING, show, *args, **kwargs)
+
+    warnings.showwarning = showwarning_tagged
+
+
+def log_error(text):
+    """Write the worker's own error report to stderr, marked as ERROR."""
+    try:
+        _at_level(logging.ERROR, sys.stderr.write, text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def main():
     """Start the worker: control channel, paths, debugger, app, then serve forever."""
     env = os.environ
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
+    tag_log_levels()
 
     control_addr = env.get("FCGIHOST_CONTROL_ADDR")
     token = None
@@ -1127,8 +1210,8 @@ def main():
             control = ControlChannel(None, sock=_connect_control(control_addr, token))
             listener = socket.create_server(("127.0.0.1", 0))
         except (OSError, ValueError) as exc:
-            sys.stderr.write("fcgihost worker: cannot connect to the host at %s (%s)\n"
-                             % (control_addr, exc))
+            log_error("fcgihost worker: cannot connect to the host at %s (%s)\n"
+                      % (control_addr, exc))
             _exit(EXIT_BAD_INVOCATION)
         control.send("listening", port=listener.getsockname()[1])
         control.start_reader()
@@ -1142,7 +1225,7 @@ def main():
         try:
             listener = _take_listener()
         except OSError as exc:
-            sys.stderr.write("fcgihost worker: fd 0 must be a listening socket (%s)\n" % exc)
+            log_error("fcgihost worker: fd 0 must be a listening socket (%s)\n" % exc)
             _exit(EXIT_BAD_INVOCATION)
 
     spec = env.get("FCGIHOST_APP", "").strip()
@@ -1160,7 +1243,7 @@ def main():
     except BaseException:
         text = traceback.format_exc()
         control.send("app_error", traceback=text)
-        sys.stderr.write("fcgihost worker: cannot load app %r\n%s" % (spec, text))
+        log_error("fcgihost worker: cannot load app %r\n%s" % (spec, text))
         _exit(EXIT_APP_ERROR)
 
     worker = Worker(app, listener, env.get("FCGIHOST_SHOW_TRACEBACKS") == "1", token)

@@ -232,6 +232,24 @@ def stderr_app(environ, start_response):
     start_response("200 OK", [])
     return [b"logged"]
 
+def log_levels(environ, start_response):
+    import logging, warnings
+    log = logging.getLogger("levels-test")
+    if not log.handlers:
+        log.addHandler(logging.StreamHandler())  # sys.stderr, as Django's "console" handler
+        log.propagate = False
+    log.setLevel(logging.DEBUG)
+    print("plain-print-marker")
+    log.warning("warning-marker")
+    try:
+        raise ValueError("boom-marker")
+    except ValueError:
+        log.exception("exception-marker")
+    warnings.warn("warn-module-marker")
+    sys.stderr.write("bare-stderr-marker\n")
+    start_response("200 OK", [])
+    return [b"logged"]
+
 def router(environ, start_response):
     name = environ["PATH_INFO"].strip("/").split("/")[0]
     return globals()[name](environ, start_response)
@@ -848,6 +866,26 @@ class SharedWorkerTests(unittest.TestCase):
     def test_wsgi_errors_goes_to_stderr(self):
         self.assertEqual(self.client.get("/stderr_app").body, b"logged")
         self.worker.wait_stderr("wsgi-errors-marker")
+
+    def test_logging_records_are_marked_with_their_level(self):
+        self.assertEqual(self.client.get("/log_levels").body, b"logged")
+        self.worker.wait_stderr("bare-stderr-marker")
+        lines = self.worker.stderr().splitlines()
+        lines = lines[lines.index("plain-print-marker"):]  # this test's lines (shared worker)
+
+        def line_with(text):
+            found = [line for line in lines if text in line]
+            self.assertEqual(len(found), 1, (text, lines))
+            return found[0]
+
+        self.assertEqual(line_with("plain-print-marker"), "plain-print-marker")
+        self.assertEqual(line_with("bare-stderr-marker"), "bare-stderr-marker")
+        self.assertEqual(line_with("warning-marker"), "\x1f30\x1fwarning-marker")
+        self.assertEqual(line_with("exception-marker"), "\x1f40\x1fexception-marker")
+        # Every line of the traceback is marked, not just the first.
+        self.assertEqual(line_with("Traceback"), "\x1f40\x1fTraceback (most recent call last):")
+        self.assertEqual(line_with("ValueError: boom-marker"), "\x1f40\x1fValueError: boom-marker")
+        self.assertTrue(line_with("UserWarning: warn-module-marker").startswith("\x1f30\x1f"))
 
     def test_get_values(self):
         self.client.send(record(GET_VALUES, 0, encode_pairs(
