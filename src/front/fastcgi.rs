@@ -1087,7 +1087,7 @@ fn cgi_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
         if HOP_BY_HOP.contains(&name.as_str()) {
             continue;
         }
-        head.extend_from_slice(name.as_str().as_bytes());
+        put_title_case(&mut head, name.as_str());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
@@ -1096,12 +1096,26 @@ fn cgi_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
     head
 }
 
+/// Appends a (lower-case) header name title-cased, `x-frame-options` → `X-Frame-Options`,
+/// as the HTTP front door writes names (hyper's `title_case_headers`).
+fn put_title_case(out: &mut Vec<u8>, name: &str) {
+    let mut word_start = true;
+    for b in name.bytes() {
+        out.push(if word_start {
+            b.to_ascii_uppercase()
+        } else {
+            b
+        });
+        word_start = b == b'-';
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn cgi_head_drops_hop_by_hop() {
+    fn cgi_head_title_cases_names_and_drops_hop_by_hop() {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("text/plain"));
         headers.insert("connection", HeaderValue::from_static("close"));
@@ -1110,7 +1124,7 @@ mod tests {
         let head = cgi_head(StatusCode::FOUND, &headers);
         assert_eq!(
             String::from_utf8(head).unwrap(),
-            "Status: 302 Found\r\ncontent-type: text/plain\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\r\n"
+            "Status: 302 Found\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n"
         );
     }
 

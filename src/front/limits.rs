@@ -72,7 +72,10 @@ impl ConnLimits {
             .keep_alive(self.keep_alive_timeout.is_some())
             .max_header_size(self.max_header_size)
             // The watchdog keeps the header read timeout (see the module docs).
-            .header_read_timeout(None);
+            .header_read_timeout(None)
+            // Response header names as apps write them (`X-Frame-Options`, `Set-Cookie`),
+            // not lower-cased: hyper cannot keep an app's own spelling, so title case.
+            .title_case_headers(true);
         builder.max_buf_size(
             self.max_header_size
                 .saturating_add(READ_BUF_SLACK)
