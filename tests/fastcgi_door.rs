@@ -13,13 +13,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::dap::{marker_line, DapClient};
+use common::fronts::{fastcgi_addr, parse_fastcgi_addr, Nginx};
 use common::{
     agent, app_dir, bin, cookie_header, form_encode, python, request, request_with,
     require_python_module, wait_until, Host, HostOpts, Resp,
@@ -281,19 +282,6 @@ fn nginx_params(
         p.push((k.to_string(), v.to_string()));
     }
     p
-}
-
-/// The address in the host's `FastCGI front door listening on ADDR` line.
-fn fastcgi_addr(host: &Host) -> String {
-    let log = host.wait_for_log("FastCGI front door listening on ", WAIT);
-    parse_fastcgi_addr(&log).expect("address after `listening on`")
-}
-
-fn parse_fastcgi_addr(log: &str) -> Option<String> {
-    const NEEDLE: &str = "FastCGI front door listening on ";
-    let line = log.lines().find(|l| l.contains(NEEDLE))?;
-    let rest = &line[line.find(NEEDLE)? + NEEDLE.len()..];
-    rest.split_whitespace().next().map(str::to_string)
 }
 
 /// `serve` of the plain test app with the FastCGI door on a free loopback port.
@@ -869,133 +857,13 @@ fn script_name_and_x_original_url() {
 // ---------------------------------------------------------------------------------------------
 // Real nginx
 
-/// The nginx binary: `$FCGIHOST_TEST_NGINX`, else /usr/sbin/nginx, else `nginx` on PATH.
-fn nginx_bin() -> String {
-    if let Ok(p) = std::env::var("FCGIHOST_TEST_NGINX") {
-        if !p.is_empty() {
-            return p;
-        }
-    }
-    for candidate in ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"] {
-        if Path::new(candidate).exists() {
-            return candidate.to_string();
-        }
-    }
-    let on_path = Command::new("nginx")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    assert!(
-        on_path,
-        "nginx is not installed; run scripts/test (as root it installs Debian's nginx-light) \
-         or point FCGIHOST_TEST_NGINX at an nginx binary"
-    );
-    "nginx".to_string()
-}
-
-/// A free loopback port (bound, read, released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A foreground nginx (no daemon, no master) with its config, pid, logs and temp files in a
-/// temp dir; killed on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    /// Starts nginx with `location` (the body of `location / { ... }`) and waits until it
-    /// accepts connections.
-    fn start(location: &str) -> Nginx {
-        let bin = nginx_bin();
-        let dir = tempfile::Builder::new()
-            .prefix("fcgihost-nginx-")
-            .tempdir()
-            .unwrap();
-        let d = dir.path().display().to_string();
-        for sub in ["client_body", "fastcgi", "proxy", "uwsgi", "scgi"] {
-            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        }
-        let port = free_port();
-        let conf = format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/client_body;
-    fastcgi_temp_path {d}/fastcgi;
-    proxy_temp_path {d}/proxy;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    client_max_body_size 64m;
-    server {{
-        listen 127.0.0.1:{port};
-        server_name localhost;
-        location / {{
-{location}
-        }}
-    }}
-}}
-"#
-        );
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(&bin)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let mut nginx = Nginx { child, port, dir };
-        let up = wait_until(Duration::from_secs(15), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-                || matches!(nginx.child.try_wait(), Ok(Some(_)))
-        });
-        let exited = nginx.child.try_wait().ok().flatten();
-        assert!(
-            up && exited.is_none(),
-            "nginx did not start (exit: {exited:?}):\n{}",
-            nginx.error_log()
-        );
-        nginx
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- nginx error.log ---\n{}", self.error_log());
-        }
-    }
+/// nginx on a free loopback port with `location` as the body of its `location / { }`.
+fn nginx_with_location(location: &str) -> Nginx {
+    Nginx::start(|port| {
+        format!(
+            "    server {{\n        listen 127.0.0.1:{port};\n        server_name localhost;\n        location / {{\n{location}\n        }}\n    }}"
+        )
+    })
 }
 
 /// `fastcgi_pass` to the FastCGI door, with the stock parameters and timeouts far above
@@ -1022,7 +890,7 @@ fn nginx_fastcgi_pass_serves_the_flask_app() {
             .arg("127.0.0.1:0"),
     );
     let door = fastcgi_addr(&host);
-    let nginx = Nginx::start(&fastcgi_location(&door));
+    let nginx = nginx_with_location(&fastcgi_location(&door));
 
     let resp = request("GET", &nginx.url("/?name=nginx"), &[], b"");
     assert_eq!(resp.status, 200, "{}", resp.text());
@@ -1146,7 +1014,7 @@ fn nginx_fastcgi_pass_serves_the_flask_app() {
     drop(nginx);
 
     // nginx's default is a connection per request (no fastcgi_keep_conn): also fine.
-    let nginx = Nginx::start(&format!(
+    let nginx = nginx_with_location(&format!(
         "            include /etc/nginx/fastcgi_params;\n            fastcgi_pass {door};"
     ));
     for _ in 0..3 {
@@ -1174,7 +1042,7 @@ async fn nginx_proxy_pass_carries_a_ptvsd_debug_session() {
             .env("WSGI_PTVSD_SECRET", SECRET),
     );
     let upstream = host.addr();
-    let nginx = Nginx::start(&format!(
+    let nginx = nginx_with_location(&format!(
         r#"            proxy_pass http://{upstream};
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;

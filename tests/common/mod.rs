@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 /// The DAP client and `fcgihost attach` guard of the remote-debugging tests (tests/debug.rs).
 pub mod dap;
+/// Real nginx and Apache, and the configuration blocks of docs/*.md (tests/proxies.rs).
+pub mod fronts;
 
 /// How long a host may take from spawn to its `listening on` line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
