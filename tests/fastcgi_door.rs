@@ -429,6 +429,10 @@ fn abort_unknown_role_and_unknown_management_record() {
     assert!(responses[&5].stdout.is_empty(), "{:?}", responses[&5]);
     let end = responses[&5].end.unwrap();
     assert_eq!(end.protocol_status(), Some(ProtocolStatus::RequestComplete));
+    // The access log says the web server abandoned it.
+    let log = host.wait_for_log("path=\"/sleep\"", WAIT);
+    let line = log.lines().find(|l| l.contains("path=\"/sleep\"")).unwrap();
+    assert!(line.contains(" aborted=true "), "{line}");
 
     // The connection still serves (once the worker is free again).
     c.request(6, true, &nginx_params("GET", "/", b"", &[]), b"");

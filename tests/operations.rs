@@ -636,3 +636,51 @@ fn gunicorn_style_access_format() {
     assert!(line.contains(" \"-\" \"atoms/2\" "), "{line}");
     assert!(line.ends_with(&format!(" <{pid}> t-77")), "{line}");
 }
+
+#[test]
+fn an_abandoned_download_is_logged_as_aborted_and_counted() {
+    let host = plain_with(1, &format!("status_path = \"{STATUS}\"\n"));
+    assert_eq!(get(&host.url("/")).status, 200);
+
+    // A client that reads the head and the first bytes of a 200 MB download, then leaves.
+    let mut conn = RawConn::connect(host.addr());
+    conn.send(b"GET /download?size=200000000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let head = conn.read_head().unwrap();
+    assert_eq!(head.status, 200);
+    conn.peek_until(&[0u8, 1, 2, 3]).unwrap();
+    drop(conn);
+
+    host.wait_for_log("path=\"/download\"", T);
+    let line = log_lines(&host, "path=\"/download\"").pop().unwrap();
+    assert!(line.contains(" status=200 "), "{line}");
+    assert!(line.contains(" aborted=true "), "{line}");
+    let bytes: u64 = field(&line, "bytes").parse().unwrap();
+    assert!(bytes < 200_000_000, "{line}");
+
+    // A complete response: no `aborted`, and the duration in ms with exactly 3 decimals.
+    let line = log_lines(&host, "path=\"/\"").pop().unwrap();
+    assert!(!line.contains("aborted"), "{line}");
+    let duration = field(&line, "duration_ms");
+    let (whole, decimals) = duration.split_once('.').expect("a decimal point");
+    assert!(
+        whole.chars().all(|c| c.is_ascii_digit()) && decimals.len() == 3,
+        "{line}"
+    );
+
+    let metrics = get(&host.url(&format!("{STATUS}/metrics"))).text();
+    assert_eq!(
+        sample(&metrics, "fcgihost_requests_aborted_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+/// The value of `name=value` in a text access line.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line
+        .find(&format!(" {name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + name.len()
+        + 2;
+    line[start..].split_whitespace().next().unwrap_or("")
+}

@@ -218,6 +218,9 @@ impl AccessLog {
     pub fn record(&self, meta: &RequestMeta, outcome: Outcome) {
         let elapsed = meta.received.elapsed();
         self.metrics.observe(outcome.status, elapsed);
+        if outcome.client_aborted {
+            self.metrics.client_aborted();
+        }
         if !self.enabled {
             return;
         }
@@ -229,7 +232,8 @@ impl AccessLog {
                 path = meta.path,
                 status = outcome.status,
                 bytes = outcome.bytes,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                duration_ms = %Millis(elapsed),
+                aborted = outcome.client_aborted.then_some(true),
                 worker = outcome.worker.map(|(id, _)| id),
                 request_id = meta.request_id,
             ),
@@ -256,6 +260,17 @@ impl RequestObserver for AccessLog {
 
     fn timed_out(&self, _meta: &RequestMeta) {
         self.metrics.timed_out();
+    }
+}
+
+/// A duration in milliseconds with exactly three decimals (`15.635`), from whole
+/// microseconds: no float noise in text lines.
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.0.as_micros();
+        write!(f, "{}.{:03}", micros / 1000, micros % 1000)
     }
 }
 
@@ -307,6 +322,7 @@ fn json_line(meta: &RequestMeta, outcome: Outcome, elapsed: Duration) -> String 
         "status": outcome.status,
         "bytes": outcome.bytes,
         "duration_ms": (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
+        "aborted": outcome.client_aborted,
         "referer": header(&meta.headers, "referer"),
         "user_agent": header(&meta.headers, "user-agent"),
         "worker": outcome.worker.map(|(id, _)| id),
@@ -585,6 +601,45 @@ mod tests {
         assert_eq!(v["referer"], "http://x/");
         assert!(v["worker"].is_null());
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn durations_print_milliseconds_with_three_decimals() {
+        assert_eq!(
+            Millis(Duration::from_nanos(15_634_727)).to_string(),
+            "15.634"
+        );
+        assert_eq!(
+            Millis(Duration::from_micros(2_000_001)).to_string(),
+            "2000.001"
+        );
+        assert_eq!(Millis(Duration::from_micros(7)).to_string(), "0.007");
+        assert_eq!(Millis(Duration::ZERO).to_string(), "0.000");
+    }
+
+    #[test]
+    fn json_lines_say_whether_the_client_aborted() {
+        let outcome = |client_aborted| Outcome {
+            worker: Some((1, 7)),
+            status: 200,
+            bytes: 19_267_583,
+            client_aborted,
+        };
+        let line = json_line(
+            &meta(HeaderMap::new()),
+            outcome(true),
+            Duration::from_millis(3),
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["aborted"], true);
+        assert_eq!(v["status"], 200);
+        let line = json_line(
+            &meta(HeaderMap::new()),
+            outcome(false),
+            Duration::from_millis(3),
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["aborted"], false);
     }
 
     #[test]

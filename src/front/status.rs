@@ -55,6 +55,7 @@ pub struct Metrics {
     classes: [AtomicU64; 6],
     slow: AtomicU64,
     timeouts: AtomicU64,
+    aborted: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -73,6 +74,7 @@ impl Metrics {
             classes: std::array::from_fn(|_| AtomicU64::new(0)),
             slow: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            aborted: AtomicU64::new(0),
         }
     }
 
@@ -102,6 +104,11 @@ impl Metrics {
     /// Counts a request killed by `request_timeout`.
     pub fn timed_out(&self) {
         self.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request whose client went away before its response was complete.
+    pub fn client_aborted(&self) {
+        self.aborted.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -446,6 +453,13 @@ impl StatusPage {
             "counter",
             "Requests ended by request_timeout (worker killed).",
             m.timeouts.load(Ordering::Relaxed),
+        );
+        single_metric(
+            &mut out,
+            "fcgihost_requests_aborted_total",
+            "counter",
+            "Requests whose client went away before the response was complete.",
+            m.aborted.load(Ordering::Relaxed),
         );
         metric(
             &mut out,
