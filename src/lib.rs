@@ -10,6 +10,7 @@
 //! - [`debug`]: the `/ptvsd` proxy, DAP monitor, auth, info page, attach client.
 //! - [`deadline`]: the pause-aware request clock.
 //! - [`serve`]: wires the above together for `fcgihost serve` and `fcgihost check`.
+//! - [`systemd`]: sd_notify readiness and socket activation.
 //! - [`iis`]: `fcgihost web-config` and `fcgihost migrate` (IIS web.config files).
 
 pub mod config;
@@ -23,5 +24,6 @@ pub mod logging;
 pub mod pages;
 pub mod pool;
 pub mod serve;
+pub mod systemd;
 
 pub use error::Error;

@@ -337,6 +337,8 @@ impl HostArgs {
 }
 
 fn main() -> ExitCode {
+    // While the process has one thread: take systemd's variables out of the environment.
+    fcgihost::systemd::init_from_env();
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars_os()
         .map(|(k, v)| {

@@ -15,7 +15,7 @@ use crate::debug::auth::Secret;
 use crate::debug::proxy::DebugProxy;
 use crate::front::access_log::{AccessFormat, AccessLog};
 use crate::front::fastcgi;
-use crate::front::health::{DrainFlag, HealthCheck};
+use crate::front::health::{is_ready, DrainFlag, HealthCheck};
 use crate::front::http::{self as front_http, Front, FrontOptions};
 use crate::front::limits::ConnLimits;
 use crate::front::status::{Metrics, StatusPage};
@@ -44,18 +44,7 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
     let runtime = RuntimeDir::create()?;
     let pid_file = PidFile::write(config.pid_file.as_deref())?;
     let spec = worker_spec(&config, runtime.worker_script());
-    // The FastCGI standard's listening socket on stdin: with it and no `listen` configured,
-    // fcgihost was started by a web server or process manager and serves FastCGI only.
-    let stdin_fastcgi = fastcgi::Listener::from_stdin()?;
-    let listener = if stdin_fastcgi.is_some() && !config.listen_configured {
-        None
-    } else {
-        Some(front_http::bind(config.listen).await?)
-    };
-    let mut fastcgi_listeners: Vec<fastcgi::Listener> = stdin_fastcgi.into_iter().collect();
-    if let Some(addr) = &config.fastcgi_listen {
-        fastcgi_listeners.push(fastcgi::Listener::bind(addr).await?);
-    }
+    let (listener, fastcgi_listeners) = listeners(&config).await?;
     tracing::info!(
         workers = config.workers,
         app = config.app.as_deref().unwrap_or("(built-in welcome app)"),
@@ -65,6 +54,8 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
     );
     let script = runtime.worker_script().to_owned();
     let pool = Pool::start(pool_settings(&config, spec), runtime);
+    let systemd_status =
+        crate::systemd::enabled().then(|| tokio::spawn(report_to_systemd(pool.clone())));
     let _watcher = match restart_pattern {
         Some(pattern) => Some(watcher::watch(&config.app_dir, pattern, pool.clone())?),
         None => None,
@@ -156,6 +147,13 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
     // From here health answers 503, so balancers stop sending; the listeners stay open
     // while in-flight requests finish (new requests get 503), then close.
     draining.start();
+    if let Some(task) = systemd_status {
+        task.abort();
+    }
+    let busy = busy_workers(&pool);
+    crate::systemd::notify(&format!(
+        "STOPPING=1\nSTATUS=draining: {busy} in-flight request(s), graceful_timeout {grace:?}"
+    ));
     tracing::info!(
         signal,
         "shutting down: finishing in-flight requests (graceful_timeout {:?})",
@@ -171,6 +169,98 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
     drop(pid_file);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the `STATUS=` line systemd shows is refreshed (when it changed).
+const SYSTEMD_STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often readiness is looked at until the first worker is ready.
+const READY_POLL: Duration = Duration::from_millis(50);
+
+/// Workers serving a request now.
+fn busy_workers(pool: &Pool) -> usize {
+    pool.snapshot()
+        .iter()
+        .filter(|w| w.phase == crate::pool::Phase::Busy)
+        .count()
+}
+
+/// `busy/total` as systemd's `STATUS=` line shows it.
+fn systemd_status_line(pool: &Pool) -> String {
+    let workers = pool.snapshot();
+    let busy = workers
+        .iter()
+        .filter(|w| w.phase == crate::pool::Phase::Busy)
+        .count();
+    let ready = workers.iter().filter(|w| is_ready(w)).count();
+    format!(
+        "STATUS={busy}/{} workers busy, {ready} ready",
+        workers.len()
+    )
+}
+
+/// Tells systemd `READY=1` once the first worker is ready, then keeps its `STATUS=` line
+/// (busy/total workers) current until aborted at the drain.
+async fn report_to_systemd(pool: Pool) {
+    while !pool.snapshot().iter().any(is_ready) {
+        tokio::time::sleep(READY_POLL).await;
+    }
+    let mut last = systemd_status_line(&pool);
+    crate::systemd::notify(&format!("READY=1\n{last}"));
+    tracing::info!("told systemd the service is ready");
+    loop {
+        tokio::time::sleep(SYSTEMD_STATUS_INTERVAL).await;
+        let now = systemd_status_line(&pool);
+        if now != last {
+            crate::systemd::notify(&now);
+            last = now;
+        }
+    }
+}
+
+/// The HTTP listener (if any) and the FastCGI ones: the sockets systemd handed over (socket
+/// activation: by name, `http` and `fastcgi`), else the listening socket on stdin (the
+/// FastCGI standard's way), plus what the config asks to bind. With a handed-over or stdin
+/// FastCGI socket and no `listen` configured, fcgihost was started by a web server or
+/// process manager and serves FastCGI only.
+async fn listeners(
+    config: &Config,
+) -> Result<(Option<tokio::net::TcpListener>, Vec<fastcgi::Listener>), Error> {
+    let mut http = None;
+    let mut fastcgi_listeners = Vec::new();
+    #[cfg(unix)]
+    {
+        let handed = crate::systemd::take_listeners();
+        let names: Vec<&str> = handed.iter().map(|(name, _)| name.as_str()).collect();
+        let (http_at, fastcgi_at, unknown) = crate::systemd::assign(&names);
+        for i in unknown {
+            tracing::warn!(name = names[i], "socket activation: a socket with a name fcgihost does not know (use \"http\" or \"fastcgi\"); ignoring it");
+        }
+        let mut handed: Vec<Option<std::os::fd::OwnedFd>> =
+            handed.into_iter().map(|(_, fd)| Some(fd)).collect();
+        if let Some(fd) = http_at.and_then(|i| handed[i].take()) {
+            http = Some(front_http::from_listening(fd)?);
+        }
+        for fd in fastcgi_at.into_iter().filter_map(|i| handed[i].take()) {
+            fastcgi_listeners.extend(fastcgi::Listener::from_listening(fd, "socket activation")?);
+        }
+    }
+    let activated_fastcgi = !fastcgi_listeners.is_empty();
+    if !activated_fastcgi {
+        fastcgi_listeners.extend(fastcgi::Listener::from_stdin()?);
+    }
+    let fastcgi_only = !fastcgi_listeners.is_empty() && !config.listen_configured;
+    if http.is_none() && !fastcgi_only {
+        http = Some(front_http::bind(config.listen).await?);
+    }
+    if let Some(addr) = config
+        .fastcgi_listen
+        .as_ref()
+        .filter(|_| !activated_fastcgi)
+    {
+        fastcgi_listeners.push(fastcgi::Listener::bind(addr).await?);
+    }
+    Ok((http, fastcgi_listeners))
 }
 
 /// The `pid_file`: written at start, removed when dropped (at exit).
@@ -474,6 +564,7 @@ impl OperatorSignals {
 /// Re-reads the configuration (same command line, current environment and files) and
 /// applies it to the pool; on error the running configuration stays and the log says why.
 pub fn reload(pool: &Pool, cli: &CliOverrides, script: &Path) {
+    crate::systemd::notify(&crate::systemd::reloading_message());
     let env: HashMap<String, String> = std::env::vars_os()
         .map(|(k, v)| {
             (
@@ -491,9 +582,17 @@ pub fn reload(pool: &Pool, cli: &CliOverrides, script: &Path) {
             tracing::info!(workers = config.workers, "configuration reloaded; replacing workers one by one (listen address and debug settings need a restart)");
             let spec = worker_spec(&config, script);
             pool.reconfigure(pool_settings(&config, spec));
+            crate::systemd::notify(&format!(
+                "READY=1\nSTATUS=configuration reloaded; replacing {} worker(s) one by one",
+                config.workers
+            ));
         }
         Err(err) => {
             tracing::error!("reload failed; the running configuration stays: {err}");
+            crate::systemd::notify(&format!(
+                "READY=1\nSTATUS=reload failed, the running configuration stays: {}",
+                err.to_string().replace('\n', " ")
+            ));
         }
     }
 }

@@ -158,20 +158,6 @@ impl Listener {
         if rc != 0 || listening == 0 {
             return Ok(None);
         }
-        // SAFETY: sockaddr_storage is plain data for which all-zero bytes are valid.
-        let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut addr_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: getsockname writes at most `addr_len` bytes into `addr`, which we own.
-        let rc = unsafe {
-            libc::getsockname(
-                0,
-                (&mut addr as *mut libc::sockaddr_storage).cast(),
-                &mut addr_len,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
         // SAFETY: F_DUPFD_CLOEXEC on descriptor 0 (a socket, checked above) returns a new
         // descriptor or -1; it touches no memory.
         let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
@@ -181,6 +167,33 @@ impl Listener {
         // SAFETY: `fd` was just created by fcntl and is owned by nothing else.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         release_stdin();
+        Self::from_listening(owned, "the listening socket on stdin")
+    }
+
+    /// Takes over a listening socket someone else made (`origin` says who, for the log):
+    /// stdin's, or one systemd handed over by socket activation. `None` for a socket
+    /// family other than TCP or Unix.
+    #[cfg(unix)]
+    pub fn from_listening(
+        owned: std::os::fd::OwnedFd,
+        origin: &str,
+    ) -> io::Result<Option<Listener>> {
+        use std::os::fd::AsRawFd;
+
+        // SAFETY: sockaddr_storage is plain data for which all-zero bytes are valid.
+        let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut addr_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: getsockname writes at most `addr_len` bytes into `addr`, which we own.
+        let rc = unsafe {
+            libc::getsockname(
+                owned.as_raw_fd(),
+                (&mut addr as *mut libc::sockaddr_storage).cast(),
+                &mut addr_len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
         match libc::c_int::from(addr.ss_family) {
             libc::AF_UNIX => {
                 let std_listener = std::os::unix::net::UnixListener::from(owned);
@@ -191,9 +204,7 @@ impl Listener {
                     .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
                     .unwrap_or_else(|| "unix:(unnamed)".into());
                 let listener = tokio::net::UnixListener::from_std(std_listener)?;
-                tracing::info!(
-                    "FastCGI front door listening on {shown} (the listening socket on stdin)"
-                );
+                tracing::info!("FastCGI front door listening on {shown} ({origin})");
                 Ok(Some(Listener::Unix {
                     listener,
                     remove: None,
@@ -204,15 +215,13 @@ impl Listener {
                 std_listener.set_nonblocking(true)?;
                 let listener = TcpListener::from_std(std_listener)?;
                 let bound = listener.local_addr()?;
-                tracing::info!(
-                    "FastCGI front door listening on {bound} (the listening socket on stdin)"
-                );
+                tracing::info!("FastCGI front door listening on {bound} ({origin})");
                 Ok(Some(Listener::Tcp(listener)))
             }
             family => {
                 tracing::warn!(
                     family,
-                    "stdin is a listening socket of an unsupported family; ignoring it"
+                    "{origin}: a listening socket of an unsupported family; ignoring it"
                 );
                 Ok(None)
             }

@@ -347,6 +347,18 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::Error> {
     Ok(listener)
 }
 
+/// Serves HTTP on a listening TCP socket that systemd handed over (socket activation) and
+/// logs its address like [`bind`] does.
+#[cfg(unix)]
+pub fn from_listening(owned: std::os::fd::OwnedFd) -> Result<TcpListener, crate::Error> {
+    let std_listener = std::net::TcpListener::from(owned);
+    std_listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(std_listener)?;
+    let bound = listener.local_addr()?;
+    tracing::info!("fcgihost listening on http://{bound} (socket activation)");
+    Ok(listener)
+}
+
 /// Least time between two "connection cap reached" warnings.
 const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 

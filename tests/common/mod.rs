@@ -115,14 +115,14 @@ pub struct Captured {
 }
 
 impl Captured {
-    fn new(pipes: usize) -> Arc<Self> {
+    pub fn new(pipes: usize) -> Arc<Self> {
         Arc::new(Captured {
             state: Mutex::new((String::new(), pipes)),
             changed: Condvar::new(),
         })
     }
 
-    fn attach<R: Read + Send + 'static>(self: &Arc<Self>, pipe: R) -> thread::JoinHandle<()> {
+    pub fn attach<R: Read + Send + 'static>(self: &Arc<Self>, pipe: R) -> thread::JoinHandle<()> {
         let me = Arc::clone(self);
         thread::spawn(move || {
             let mut reader = BufReader::new(pipe);
