@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::dap::{marker_line, DapClient};
-use common::fronts::{fastcgi_addr, parse_fastcgi_addr, Nginx};
+use common::fronts::{fastcgi_addr, parse_fastcgi_addr, Front, Nginx};
 use common::{
     agent, app_dir, bin, cookie_header, form_encode, python, request, request_with,
     require_python_module, wait_until, Host, HostOpts, Resp,
@@ -862,7 +862,7 @@ fn script_name_and_x_original_url() {
 // Real nginx
 
 /// nginx on a free loopback port with `location` as the body of its `location / { }`.
-fn nginx_with_location(location: &str) -> Nginx {
+fn nginx_with_location(location: &str) -> Front {
     Nginx::start(|port| {
         format!(
             "    server {{\n        listen 127.0.0.1:{port};\n        server_name localhost;\n        location / {{\n{location}\n        }}\n    }}"

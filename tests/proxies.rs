@@ -1,12 +1,13 @@
-//! The front-end recipes of docs/nginx.md and docs/apache.md, tested as written: each test
-//! copies a configuration block out of the Markdown (changing only addresses: the proxy on
-//! a free loopback port that is not 80, fcgihost on its own ports), starts Debian's real
-//! nginx or Apache with it in front of fcgihost serving a Django site (tests/apps/djangoproj,
-//! `settings_site`, with the admin and a superuser in the test's own SQLite database), and
-//! checks what a user of that recipe would: HTTP_HOST with the port, SERVER_PORT,
-//! REMOTE_ADDR, a PATH_INFO with `%2F` and UTF-8, response header names as the app wrote
-//! them, a 20 MiB upload, a streamed 50 MiB download, an admin login with the browser's
-//! `Origin` header, and the `/ptvsd` debugger WebSocket where the recipe carries it.
+//! The front-end recipes of docs/nginx.md, docs/apache.md and docs/lighttpd.md, tested as
+//! written: each test copies a configuration block out of the Markdown (changing only
+//! addresses: the proxy on a free loopback port that is not 80, fcgihost on its own ports),
+//! starts Debian's real nginx, Apache or lighttpd with it in front of fcgihost serving a
+//! Django site (tests/apps/djangoproj, `settings_site`, with the admin and a superuser in the
+//! test's own SQLite database), and checks what a user of that recipe would: HTTP_HOST with
+//! the port, SERVER_PORT, REMOTE_ADDR, a PATH_INFO with `%2F` and UTF-8, response header
+//! names as the app wrote them, a 20 MiB upload, a streamed 50 MiB download, an admin login
+//! with the browser's `Origin` header, and the `/ptvsd` debugger WebSocket where the recipe
+//! carries it.
 // Unix only: tests/common drives the binary with Unix signals and reads /proc.
 #![cfg(unix)]
 
@@ -15,7 +16,7 @@ mod common;
 use std::process::Command;
 
 use common::dap::DapClient;
-use common::fronts::{adapt, doc_block, fastcgi_addr, Apache, Nginx};
+use common::fronts::{adapt, doc_block, fastcgi_addr, Apache, Lighttpd, Nginx};
 use common::{
     agent, app_dir, cookie_header, form_encode, pattern_buf, python, raw_request, request,
     request_with, require_python_module, Host, HostOpts, PATTERN_PERIOD,
@@ -346,6 +347,33 @@ fn apache_proxy_fcgi_recipe_as_documented() {
         )
     });
     check_recipe(apache.port, true);
+}
+
+#[test]
+fn lighttpd_mod_fastcgi_recipe_as_documented() {
+    let host = django_site(true);
+    let door = fastcgi_addr(&host);
+    let (door_host, door_port) = door.rsplit_once(':').unwrap();
+    let block = doc_block("lighttpd.md", "## `mod_fastcgi`", "lighttpd");
+    let upstream = host.addr();
+    let conf = adapt(
+        &block,
+        r#""host" => "127.0.0.1", "port" => 8000"#,
+        &format!(
+            r#""host" => "{}", "port" => {}"#,
+            upstream.ip(),
+            upstream.port()
+        ),
+        1,
+    );
+    let conf = adapt(
+        &conf,
+        "\"host\" => \"127.0.0.1\",\n        \"port\" => 9001,",
+        &format!("\"host\" => \"{door_host}\",\n        \"port\" => {door_port},"),
+        1,
+    );
+    let lighttpd = Lighttpd::start(&conf);
+    check_recipe(lighttpd.port, true);
 }
 
 /// The lines of `docs/<doc>`.

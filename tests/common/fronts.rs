@@ -1,4 +1,4 @@
-//! Real front-end web servers for the recipe tests: Debian's nginx and Apache, each run in
+//! Real front-end web servers for the recipe tests: Debian's nginx, Apache and lighttpd, each run in
 //! the foreground with its own config, pid file and logs in a temp dir on a free loopback
 //! port, killed by pid on drop; and the configuration blocks of `docs/*.md`, read from the
 //! Markdown itself so that a documented recipe and its test cannot drift apart.
@@ -69,6 +69,92 @@ pub fn adapt(text: &str, from: &str, to: &str, count: usize) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A running front-end server
+
+/// A web server started by one of [`Nginx`], [`Apache`], [`Lighttpd`]: one foreground
+/// process with its config and logs in `dir`, listening on `127.0.0.1:port`; killed by pid
+/// on drop (its logs printed if the test is failing).
+pub struct Front {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    name: &'static str,
+}
+
+impl Front {
+    /// Writes `conf` to `dir/conf_name`, runs `bin args... <conf path>` with stderr to
+    /// `dir/stderr.log`, and waits until `port` accepts connections.
+    fn launch(
+        name: &'static str,
+        bin: &str,
+        args: &[&str],
+        dir: tempfile::TempDir,
+        port: u16,
+        conf_name: &str,
+        conf: &str,
+    ) -> Front {
+        let conf_path = dir.path().join(conf_name);
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new(bin)
+            .args(args)
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let mut front = Front {
+            child,
+            port,
+            dir,
+            name,
+        };
+        let up = wait_until(Duration::from_secs(15), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+                || matches!(front.child.try_wait(), Ok(Some(_)))
+        });
+        let exited = front.child.try_wait().ok().flatten();
+        assert!(
+            up && exited.is_none(),
+            "{name} did not start (exit: {exited:?}):\n{}",
+            front.logs()
+        );
+        front
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// The server's stderr and error log.
+    pub fn logs(&self) -> String {
+        ["stderr.log", "error.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- {} logs ---\n{}", self.name, self.logs());
+        }
+    }
+}
+
+/// A temp dir for one server's files.
+fn server_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("fcgihost-{name}-"))
+        .tempdir()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
 // nginx
 
 /// The nginx binary: `$FCGIHOST_TEST_NGINX`, else /usr/sbin/nginx, else `nginx` on PATH.
@@ -100,23 +186,15 @@ fn installed_bin(var: &str, candidates: &[&str], name: &str, missing: &str) -> S
 }
 
 /// A foreground nginx (no daemon, no master) with its config, pid, logs and temp files in a
-/// temp dir; killed on drop. The dir also holds Debian's `fastcgi_params`, so a documented
+/// temp dir. The dir also holds Debian's `fastcgi_params`, so a documented
 /// `include fastcgi_params;` works as written.
-pub struct Nginx {
-    child: Child,
-    pub port: u16,
-    dir: tempfile::TempDir,
-}
+pub struct Nginx;
 
 impl Nginx {
     /// Starts nginx with `http(port)` as the body of its `http { }` block (the `server`
     /// must listen on `127.0.0.1:port`) and waits until it accepts connections.
-    pub fn start(http: impl FnOnce(u16) -> String) -> Nginx {
-        let bin = nginx_bin();
-        let dir = tempfile::Builder::new()
-            .prefix("fcgihost-nginx-")
-            .tempdir()
-            .unwrap();
+    pub fn start(http: impl FnOnce(u16) -> String) -> Front {
+        let dir = server_dir("nginx");
         let d = dir.path().display().to_string();
         for sub in ["client_body", "fastcgi", "proxy", "uwsgi", "scgi"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
@@ -147,59 +225,17 @@ http {{
 }}
 "#
         );
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(&bin)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let mut nginx = Nginx { child, port, dir };
-        await_port(&mut nginx.child, port, "nginx", || nginx_log(&nginx.dir));
-        nginx
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
-    }
-
-    pub fn error_log(&self) -> String {
-        nginx_log(&self.dir)
-    }
-}
-
-fn nginx_log(dir: &tempfile::TempDir) -> String {
-    std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- nginx error.log ---\n{}", self.error_log());
-        }
-    }
-}
-
-/// Waits until `port` accepts connections; panics with `log()` if `child` exits first or
-/// it takes too long.
-fn await_port(child: &mut Child, port: u16, what: &str, log: impl Fn() -> String) {
-    let up = wait_until(Duration::from_secs(15), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok() || matches!(child.try_wait(), Ok(Some(_)))
-    });
-    let exited = child.try_wait().ok().flatten();
-    if !(up && exited.is_none()) {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{what} did not start (exit: {exited:?}):\n{}", log());
+        let prefix = d.clone();
+        let error_log = format!("{d}/error.log");
+        Front::launch(
+            "nginx",
+            &nginx_bin(),
+            &["-p", &prefix, "-e", &error_log, "-c"],
+            dir,
+            port,
+            "nginx.conf",
+            &conf,
+        )
     }
 }
 
@@ -218,23 +254,15 @@ pub fn apache_bin() -> String {
 }
 
 /// Apache in one foreground process (`-X`) with its own ServerRoot, PidFile and logs in a
-/// temp dir; killed on drop.
-pub struct Apache {
-    child: Child,
-    pub port: u16,
-    dir: tempfile::TempDir,
-}
+/// temp dir.
+pub struct Apache;
 
 impl Apache {
     /// Starts Apache with Debian's default modules (`/etc/apache2/mods-enabled`), the
     /// modules `a2enmod` would enable for `modules` (their `# Depends:` first), `Listen
     /// 127.0.0.1:port` and `site(port)`, and waits until it accepts connections.
-    pub fn start(modules: &[&str], site: impl FnOnce(u16) -> String) -> Apache {
-        let bin = apache_bin();
-        let dir = tempfile::Builder::new()
-            .prefix("fcgihost-apache-")
-            .tempdir()
-            .unwrap();
+    pub fn start(modules: &[&str], site: impl FnOnce(u16) -> String) -> Front {
+        let dir = server_dir("apache");
         let d = dir.path().display().to_string();
         let mut loads = Vec::new();
         for module in modules {
@@ -264,39 +292,16 @@ Include /etc/apache2/mods-enabled/*.conf
 {loads}Listen 127.0.0.1:{port}
 {site}"#
         );
-        let conf_path = dir.path().join("httpd.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(&bin)
-            .arg("-X")
-            .arg("-f")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let mut apache = Apache { child, port, dir };
-        await_port(&mut apache.child, port, "Apache", || {
-            apache_log(&apache.dir)
-        });
-        apache
+        Front::launch(
+            "Apache",
+            &apache_bin(),
+            &["-X", "-f"],
+            dir,
+            port,
+            "httpd.conf",
+            &conf,
+        )
     }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
-    }
-
-    pub fn error_log(&self) -> String {
-        apache_log(&self.dir)
-    }
-}
-
-fn apache_log(dir: &tempfile::TempDir) -> String {
-    ["stderr.log", "error.log"]
-        .iter()
-        .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Whether the tests run as root (Apache then needs a `User` to switch to).
@@ -335,12 +340,48 @@ fn add_module(module: &str, loads: &mut Vec<PathBuf>) {
     }
 }
 
-impl Drop for Apache {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- Apache logs ---\n{}", self.error_log());
-        }
+// ---------------------------------------------------------------------------------------------
+// lighttpd
+
+/// Debian's lighttpd binary: `$FCGIHOST_TEST_LIGHTTPD`, else /usr/sbin/lighttpd.
+pub fn lighttpd_bin() -> String {
+    installed_bin(
+        "FCGIHOST_TEST_LIGHTTPD",
+        &["/usr/sbin/lighttpd"],
+        "lighttpd",
+        "lighttpd is not installed; run scripts/test (as root it installs Debian's lighttpd) \
+         or point FCGIHOST_TEST_LIGHTTPD at a lighttpd binary",
+    )
+}
+
+/// lighttpd in the foreground (`-D`) with its config, pid file, error log and upload dir
+/// in a temp dir, bound to 127.0.0.1 on a free port.
+pub struct Lighttpd;
+
+impl Lighttpd {
+    /// Starts lighttpd with `site` after its server settings, and waits until it accepts
+    /// connections.
+    pub fn start(site: &str) -> Front {
+        let dir = server_dir("lighttpd");
+        let d = dir.path().display().to_string();
+        let port = free_port();
+        let conf = format!(
+            r#"server.document-root = "{d}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.pid-file = "{d}/lighttpd.pid"
+server.errorlog = "{d}/error.log"
+server.upload-dirs = ( "{d}" )
+{site}"#
+        );
+        Front::launch(
+            "lighttpd",
+            &lighttpd_bin(),
+            &["-D", "-f"],
+            dir,
+            port,
+            "lighttpd.conf",
+            &conf,
+        )
     }
 }
