@@ -112,6 +112,10 @@ struct AttachArgs {
     /// Skip TLS certificate verification (self-signed certificates).
     #[arg(long)]
     insecure: bool,
+    /// Reach this instance behind a balancer (sends App Service's ARRAffinity cookies); a
+    /// different instance refuses, and attach says which one it reached.
+    #[arg(long, value_name = "ID")]
+    instance: Option<String>,
 }
 
 /// Runs `fcgihost attach` until Ctrl-C.
@@ -130,6 +134,7 @@ fn attach(args: AttachArgs) -> ExitCode {
         url: args.url,
         listen: args.listen,
         insecure: args.insecure,
+        instance: args.instance,
     };
     match runtime.block_on(fcgihost::debug::attach::run(options)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -109,7 +109,8 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
             config.debug.path.clone(),
         )
         .with_wait_for_attach(config.debug.wait_for_attach)
-        .with_max_pause(config.debug.max_pause);
+        .with_max_pause(config.debug.max_pause)
+        .with_instance_id(config.instance_id.clone());
         tracing::info!(
             path = config.debug.path,
             "remote debugging on: the debug proxy answers at this path"

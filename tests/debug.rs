@@ -11,10 +11,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::dap::{basic_auth, marker_line, AttachProcess, DapClient};
+use common::dap::{basic_auth, debugapp_file, marker_line, AttachProcess, DapClient};
 use common::{app_dir, bin, python, request, run_cli, Host, HostOpts, Resp};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -23,10 +22,6 @@ use tokio::task::JoinHandle;
 const SECRET: &str = "dbg-Secret_0123456789xyz";
 /// How long a test waits for a log line.
 const LOG_WAIT: Duration = Duration::from_secs(30);
-
-fn app_file() -> PathBuf {
-    app_dir("debugapp").join("debugapp.py")
-}
 
 /// `serve` of the debug app with `workers` workers, `request_timeout = 2s`, without a secret.
 fn app_opts(workers: usize) -> HostOpts {
@@ -98,7 +93,7 @@ async fn attach_ws(host: &Host, path: &str, client_id: &str, markers: &[&str]) -
     let mut dap = DapClient::connect_ws(&ws_url(host, path), Some(SECRET))
         .await
         .unwrap_or_else(|e| panic!("WebSocket to {path}: {e}\n--- log ---\n{}", host.log()));
-    let file = app_file();
+    let file = debugapp_file();
     let lines: Vec<u32> = markers.iter().map(|m| marker_line(&file, m)).collect();
     dap.attach(client_id, &[(file.as_path(), lines)]).await;
     dap
@@ -116,7 +111,7 @@ async fn breakpoint_round(host: &Host, client_id: &str, hold: Duration) -> DapCl
     let (line, function) = dap.top_frame(thread).await;
     assert_eq!(
         (line, function.as_str()),
-        (marker_line(&app_file(), "first"), "debugme")
+        (marker_line(&debugapp_file(), "first"), "debugme")
     );
     host.wait_for_log("request clock stopped", LOG_WAIT);
     let page = info_page(host).await;
@@ -176,7 +171,7 @@ async fn visual_studio_client_resumes_on_the_continue_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stepping_and_a_second_breakpoint_in_the_same_request() {
     let host = Host::start(debug_opts(1));
-    let file = app_file();
+    let file = debugapp_file();
     let mut dap = attach_ws(&host, "/ptvsd", "vscode", &["first", "second"]).await;
     let req = spawn_get(host.url("/debugme"), Vec::new());
 
@@ -233,7 +228,7 @@ async fn client_vanishing_while_paused_releases_the_request_and_a_new_client_can
     let (thread, _) = dap.stopped().await;
     assert_eq!(
         dap.top_frame(thread).await.0,
-        marker_line(&app_file(), "second")
+        marker_line(&debugapp_file(), "second")
     );
     dap.call("continue", json!({"threadId": thread})).await;
     let resp = req.await.unwrap();
@@ -289,7 +284,7 @@ async fn wait_for_attach_holds_the_first_request_for_the_debugger() {
     let (thread, _) = dap.stopped().await;
     assert_eq!(
         dap.top_frame(thread).await.0,
-        marker_line(&app_file(), "first")
+        marker_line(&debugapp_file(), "first")
     );
     dap.call("continue", json!({"threadId": thread})).await;
     let resp = req.await.unwrap();
@@ -506,7 +501,7 @@ async fn breakpoint_session_through_fcgihost_attach() {
     assert!(!printed.contains(SECRET), "{printed}");
 
     let mut dap = DapClient::connect_tcp(local).await.unwrap();
-    let file = app_file();
+    let file = debugapp_file();
     dap.attach(
         "vscode",
         &[(file.as_path(), vec![marker_line(&file, "first")])],

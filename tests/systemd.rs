@@ -132,11 +132,7 @@ fn socket_activation_by_name_and_sd_notify_around_start_reload_and_stop() {
     let fastcgi_path = dir.path().join("fcgi.sock");
     std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
     // systemd-socket-activate binds the port itself; a free one is found the usual way.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::fronts::free_port();
 
     let mut cmd = Command::new(LAUNCHER);
     cmd.arg(format!("--listen=127.0.0.1:{port}"))

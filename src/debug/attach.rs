@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::info;
-use super::proxy::{APP_DIR_HEADER, PROBE_HEADER};
+use super::proxy::{APP_DIR_HEADER, INSTANCE_HEADER, PROBE_HEADER};
 
 /// Longest wait for the server to accept the WebSocket (TCP, TLS and the upgrade).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -50,6 +50,9 @@ pub struct AttachOptions {
     pub listen: SocketAddr,
     /// Skip TLS certificate verification (self-signed certificates on test servers).
     pub insecure: bool,
+    /// The instance to reach behind a balancer (`--instance`): sent as App Service's
+    /// affinity cookies and as [`INSTANCE_HEADER`]; another instance answers 421.
+    pub instance: Option<String>,
 }
 
 /// Why `fcgihost attach` cannot tunnel; each message says what to do about it.
@@ -111,6 +114,19 @@ pub enum AttachError {
         /// The underlying error.
         reason: String,
     },
+    /// The balancer sent the connection to another instance than `--instance` asked for.
+    #[error("asked for instance {wanted}, but {url} reached instance {reached}: the balancer in front does not route by the ARRAffinity cookie, so --instance cannot choose the instance there (App Service's balancer does; for others see docs/remote-debugging.md, \"One instance of many\")")]
+    WrongInstance {
+        /// The URL with the secret replaced by `<secret>`.
+        url: String,
+        /// The id asked for.
+        wanted: String,
+        /// The id of the instance that answered.
+        reached: String,
+    },
+    /// `--instance` holds characters a cookie value cannot.
+    #[error("invalid --instance {0:?}: use the instance id as the server shows it (letters, digits, `-`, `_`, `.`, `:`)")]
+    BadInstance(String),
     /// The TLS handshake failed.
     #[error("TLS with {host} failed: {reason} (for a self-signed certificate add --insecure)")]
     Tls {
@@ -134,6 +150,8 @@ struct Target {
     tls: bool,
     /// The `Authorization` header value built from the user-info.
     authorization: Option<HeaderValue>,
+    /// `--instance`: the instance id asked for.
+    instance: Option<String>,
 }
 
 /// Splits `url` into what the connection needs. The user-info is kept as written (percent
@@ -206,6 +224,7 @@ fn parse_target(url: &str) -> Result<Target, AttachError> {
         host: host.to_owned(),
         tls,
         authorization,
+        instance: None,
     })
 }
 
@@ -276,13 +295,27 @@ fn connector(target: &Target, insecure: bool) -> Result<Option<Connector>, Attac
     Ok(Some(Connector::Rustls(Arc::new(config))))
 }
 
-/// Opens a WebSocket to the proxy (`probe`: only check URL and secret). On a probe, returns
-/// the app directory the server reported, if any.
+/// An open WebSocket to the proxy and what its answer said.
+struct Opened {
+    ws: ServerWs,
+    /// The app directory on the server (probes only).
+    app_dir: Option<String>,
+    /// The instance id of the host that answered.
+    instance: Option<String>,
+}
+
+/// The affinity cookies of App Service's balancer (ARR) for one instance: `ARRAffinity`
+/// and, since 2020, `ARRAffinitySameSite` with the same value.
+fn affinity_cookies(instance: &str) -> String {
+    format!("ARRAffinity={instance}; ARRAffinitySameSite={instance}")
+}
+
+/// Opens a WebSocket to the proxy (`probe`: only check URL and secret).
 async fn open(
     target: &Target,
     connector: &Option<Connector>,
     probe: bool,
-) -> Result<(ServerWs, Option<String>), AttachError> {
+) -> Result<Opened, AttachError> {
     let mut request =
         target
             .url
@@ -302,16 +335,37 @@ async fn open(
             .headers_mut()
             .insert(PROBE_HEADER, HeaderValue::from_static("1"));
     }
+    if let Some(instance) = &target.instance {
+        let bad = |_| AttachError::BadUrl {
+            url: target.shown.clone(),
+            reason: format!("the instance id {instance:?} cannot be sent in a header"),
+        };
+        let headers = request.headers_mut();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&affinity_cookies(instance)).map_err(bad)?,
+        );
+        headers.insert(
+            INSTANCE_HEADER,
+            HeaderValue::from_str(instance).map_err(bad)?,
+        );
+    }
     let connecting =
         tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector.clone());
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((ws, response))) => {
-            let app_dir = response
-                .headers()
-                .get(APP_DIR_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            Ok((ws, app_dir))
+            let header_text = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            Ok(Opened {
+                app_dir: header_text(APP_DIR_HEADER),
+                instance: header_text(INSTANCE_HEADER),
+                ws,
+            })
         }
         Ok(Err(err)) => Err(explain(target, err)),
         Err(_) => Err(AttachError::Unreachable {
@@ -341,6 +395,16 @@ fn explain(target: &Target, err: tungstenite::Error) -> AttachError {
             match status {
                 401 | 403 => AttachError::WrongSecret {
                     url: target.shown.clone(),
+                },
+                421 => AttachError::WrongInstance {
+                    url: target.shown.clone(),
+                    wanted: target.instance.clone().unwrap_or_default(),
+                    reached: response
+                        .headers()
+                        .get(INSTANCE_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("(not named)")
+                        .to_owned(),
                 },
                 429 => AttachError::Throttled {
                     retry_after: response
@@ -392,6 +456,19 @@ fn explain(target: &Target, err: tungstenite::Error) -> AttachError {
     }
 }
 
+/// Which instance the probe reached, for the first lines `attach` prints.
+fn reached_line(target: &Target, reached: Option<&str>) -> String {
+    match (reached, &target.instance) {
+        (Some(id), Some(_)) => format!(
+            "fcgihost attach: reached instance {id}, the one asked for (the balancer routes by the ARRAffinity cookie)\n"
+        ),
+        (Some(id), None) => format!(
+            "fcgihost attach: reached instance {id} (behind a balancer, --instance ID asks for a particular one)\n"
+        ),
+        (None, _) => String::new(),
+    }
+}
+
 /// What to paste into the IDEs, for the bound local port.
 fn instructions(local: SocketAddr, target: &Target, app_dir: Option<&str>) -> String {
     let remote_root = app_dir.unwrap_or("<the app directory on the server>");
@@ -420,7 +497,15 @@ pub async fn run(options: AttachOptions) -> Result<(), AttachError> {
     // One crypto provider for the whole process (tokio-tungstenite's default TLS config
     // uses the process default); an error only means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let target = Arc::new(parse_target(&options.url)?);
+    let mut target = parse_target(&options.url)?;
+    if let Some(id) = &options.instance {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+        if id.is_empty() || !id.chars().all(allowed) {
+            return Err(AttachError::BadInstance(id.clone()));
+        }
+    }
+    target.instance = options.instance.clone();
+    let target = Arc::new(target);
     let connector = connector(&target, options.insecure)?;
     let listener = TcpListener::bind(options.listen)
         .await
@@ -432,9 +517,10 @@ pub async fn run(options: AttachOptions) -> Result<(), AttachError> {
         addr: options.listen,
         source,
     })?;
-    let (mut ws, app_dir) = open(&target, &connector, true).await?;
-    let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
-    println!("{}", instructions(local, &target, app_dir.as_deref()));
+    let mut probe = open(&target, &connector, true).await?;
+    let _ = tokio::time::timeout(CLOSE_GRACE, probe.ws.close(None)).await;
+    print!("{}", reached_line(&target, probe.instance.as_deref()));
+    println!("{}", instructions(local, &target, probe.app_dir.as_deref()));
 
     let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
@@ -474,7 +560,7 @@ async fn tunnel(
 ) {
     tracing::info!(peer = %peer, url = target.shown, "debugger connected; opening the tunnel");
     let ws = match open(&target, &connector, false).await {
-        Ok((ws, _)) => ws,
+        Ok(opened) => opened.ws,
         Err(err) => {
             tracing::error!(peer = %peer, "{err}");
             return;
@@ -554,6 +640,14 @@ async fn tunnel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn affinity_cookies_name_the_instance_twice() {
+        assert_eq!(
+            affinity_cookies("B"),
+            "ARRAffinity=B; ARRAffinitySameSite=B"
+        );
+    }
 
     #[test]
     fn parses_secret_and_hides_it() {

@@ -30,6 +30,8 @@ pub struct InfoPage<'a> {
     pub wait_for_attach: Option<Duration>,
     /// `debug.max_pause`, if set.
     pub max_pause: Option<Duration>,
+    /// This host's instance id (`WEBSITE_INSTANCE_ID`, `instance_id`, or the host name).
+    pub instance: &'a str,
 }
 
 /// The VS Code `launch.json` configuration that attaches to `fcgihost attach` on `port`.
@@ -157,6 +159,9 @@ pre,code{{background:#f4f4f4}}pre{{padding:1em;overflow:auto}}\
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}</style>\
 </head><body>\
 <h1>Remote debugging is on</h1>\
+<p>This is instance <code class=\"instance\">{instance}</code>. Behind a balancer that routes by \
+the <code>ARRAffinity</code> cookie (App Service), <code>fcgihost attach URL --instance {instance}</code> \
+reaches this one.</p>\
 <p>This server runs its Python workers under debugpy. Attach a debugger through the \
 WebSocket endpoint <code>{url}</code> (use <code>ws://</code> when the site is served over plain HTTP); \
 <code>&lt;secret&gt;</code> stands for the configured debug secret (WSGI_PTVSD_SECRET or debug.secret).</p>\
@@ -177,6 +182,7 @@ workspace at the app directory on the server) and start it:</p>\
 <table><tr><th>Worker</th><th>PID</th><th>State</th><th>Debugger</th><th>Requests</th><th>Restarts</th></tr>{rows}</table>\
 <hr><small>fcgihost</small></body></html>",
         url = escape_html(&url),
+        instance = escape_html(page.instance),
         attach = escape_html(&attach),
         port = DEFAULT_ATTACH_PORT,
         path = escape_html(page.path),
@@ -249,6 +255,7 @@ mod tests {
             request_timeout: Some(Duration::from_secs(90)),
             wait_for_attach: Some(Duration::from_secs(60)),
             max_pause: None,
+            instance: "web-1<b>",
         };
         let workers = [
             worker(0, Phase::Busy, true, 1),
@@ -264,6 +271,7 @@ mod tests {
         assert!(html.contains("C:\\\\inetpub\\\\app"));
         assert!(html.contains("request_timeout is 90s"));
         assert!(html.contains("wait up to 1m for a debugger"));
+        assert!(html.contains("This is instance <code class=\"instance\">web-1&lt;b&gt;</code>"));
     }
 
     #[test]

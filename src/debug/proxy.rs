@@ -76,6 +76,10 @@ pub const PROBE_HEADER: &str = "x-fcgihost-probe";
 /// Response header of a probe carrying the app directory on the server, so `fcgihost attach`
 /// can print the right `remoteRoot` for VS Code's path mappings.
 pub const APP_DIR_HEADER: &str = "x-fcgihost-app-dir";
+/// Request header of `fcgihost attach --instance ID` naming the instance it wants; every
+/// answer of the proxy carries it too, naming this host's instance id. A host whose id
+/// differs from the one asked for answers 421 Misdirected Request.
+pub const INSTANCE_HEADER: &str = "x-fcgihost-instance";
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -93,6 +97,8 @@ pub struct DebugProxy {
     book: Arc<Book>,
     wait_for_attach: Option<Duration>,
     max_pause: Option<Duration>,
+    /// This host's instance id (see [`DebugProxy::with_instance_id`]).
+    instance_id: String,
 }
 
 /// State shared by the proxy and its relay tasks.
@@ -172,7 +178,16 @@ impl DebugProxy {
             }),
             wait_for_attach: None,
             max_pause: None,
+            instance_id: String::new(),
         }
+    }
+
+    /// This host's instance id (`WEBSITE_INSTANCE_ID`, `instance_id`, or the host name):
+    /// shown on the info page, sent with every answer, compared with the one a client asks
+    /// for.
+    pub fn with_instance_id(mut self, instance_id: String) -> Self {
+        self.instance_id = instance_id;
+        self
     }
 
     /// Holds requests up to `wait` until a debugger has attached (`debug.wait_for_attach`),
@@ -227,6 +242,20 @@ impl DebugProxy {
     /// client (resolved from trusted forwarded headers), `peer` the TCP peer.
     pub async fn handle(
         &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let mut response = self.answer(req, remote, peer).await;
+        if let Ok(own) = HeaderValue::from_str(&self.instance_id) {
+            response.headers_mut().insert(INSTANCE_HEADER, own);
+        }
+        response
+    }
+
+    /// [`DebugProxy::handle`] without the instance header.
+    async fn answer(
+        &self,
         mut req: Request<Incoming>,
         remote: SocketAddr,
         peer: SocketAddr,
@@ -237,6 +266,19 @@ impl DebugProxy {
 
         if let Some(refusal) = self.check_secret(&parts, remote, peer.ip()) {
             return refusal;
+        }
+        if let Some(wanted) = parts.headers.get(INSTANCE_HEADER) {
+            if wanted.as_bytes() != self.instance_id.as_bytes() {
+                let wanted = String::from_utf8_lossy(wanted.as_bytes());
+                tracing::info!(%remote, wanted = %wanted, instance = self.instance_id, "debug connection for another instance refused (421)");
+                return text(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!(
+                        "This is instance {}, not {wanted}: the balancer in front sent this request to another instance than the one asked for.\n",
+                        self.instance_id
+                    ),
+                );
+            }
         }
 
         let segment = path
@@ -449,6 +491,7 @@ impl DebugProxy {
             request_timeout: pool.settings().request_timeout,
             wait_for_attach: self.wait_for_attach,
             max_pause: self.max_pause,
+            instance: &self.instance_id,
         };
         let html = info::render(&page, &pool.snapshot(), Instant::now());
         let mut response = Response::new(pages::full_body(html));

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
@@ -360,6 +360,11 @@ impl DapClient {
         self.reader.abort();
         drop(self.writer);
     }
+}
+
+/// tests/apps/debugapp/debugapp.py, whose `# BP:<name>` lines the breakpoints go on.
+pub fn debugapp_file() -> PathBuf {
+    super::app_dir("debugapp").join("debugapp.py")
 }
 
 /// The line of `# BP:<name>` in `file` (1-based).
