@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::dap::{debugapp_file, marker_line, AttachProcess, DapClient};
-use common::fronts::Nginx;
+use common::fronts::{Front, Nginx};
 use common::*;
 use serde_json::json;
 
@@ -31,7 +31,7 @@ fn debug_host(opts: HostOpts) -> Host {
 
 /// nginx sending requests with `ARRAffinity=B` to B, everything else to A (the WebSocket
 /// upgrade of /ptvsd passes through).
-fn balancer(a: &Host, b: &Host) -> Nginx {
+fn balancer(a: &Host, b: &Host) -> Front {
     let (a, b) = (a.addr(), b.addr());
     Nginx::start(move |port| {
         format!(
