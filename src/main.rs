@@ -166,6 +166,10 @@ struct HostArgs {
     /// Number of worker processes.
     #[arg(long, short = 'w')]
     workers: Option<usize>,
+    /// Requests one worker runs at once, each on its own thread (default 1; gunicorn's
+    /// `--threads`).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Address to listen on (default 127.0.0.1:8000, or %HTTP_PLATFORM_PORT%).
     #[arg(long, short = 'l', visible_alias = "bind", visible_short_alias = 'b')]
     listen: Option<String>,
@@ -333,6 +337,7 @@ impl HostArgs {
             listen: self.listen,
             fastcgi_listen: self.fastcgi_listen,
             workers: self.workers,
+            threads: self.threads,
             request_timeout: self.request_timeout,
             log_level: self.log_level,
             settings,

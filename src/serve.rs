@@ -123,7 +123,10 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
     let mut servers = Vec::new();
     let fastcgi_options = fastcgi::FastcgiOptions {
         max_conns: config.limits.max_connections.unwrap_or(usize::MAX),
-        max_reqs: config.workers.saturating_add(config.max_queue),
+        max_reqs: config
+            .workers_max
+            .saturating_mul(config.threads)
+            .saturating_add(config.max_queue),
     };
     for fastcgi_listener in fastcgi_listeners {
         servers.push(tokio::spawn(fastcgi::run(
@@ -352,6 +355,11 @@ pub async fn check(loaded: Loaded) -> Result<(), Error> {
 fn pool_settings(config: &Config, spec: WorkerSpec) -> PoolSettings {
     PoolSettings {
         workers: config.workers,
+        threads: config.threads,
+        workers_max: config.workers_max,
+        spawn_after: config.spawn_after,
+        idle_timeout: config.idle_timeout,
+        graceful_timeout: config.graceful_timeout,
         max_queue: config.max_queue,
         pipeline_depth: config.pipeline_depth,
         pipeline_window: config.pipeline_window,
@@ -390,6 +398,10 @@ fn worker_spec(config: &Config, worker_script: &Path) -> WorkerSpec {
     let mut env: Vec<(OsString, OsString)> = vec![
         ("PYTHONUNBUFFERED".into(), "1".into()),
         ("FCGIHOST_APP_DIR".into(), config.app_dir.clone().into()),
+        (
+            "FCGIHOST_WORKER_THREADS".into(),
+            config.threads.to_string().into(),
+        ),
     ];
     match &config.app {
         Some(app) => env.push(("FCGIHOST_APP".into(), app.into())),

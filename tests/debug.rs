@@ -169,6 +169,41 @@ async fn visual_studio_client_resumes_on_the_continue_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_threads_an_all_threads_stop_pauses_every_request_on_the_worker() {
+    let host = Host::start(debug_opts(1).arg("--threads").arg("2"));
+    let mut dap = attach_ws(&host, "/ptvsd", "vscode", &["first"]).await;
+    // A neighbour that would outlive the 2 s request_timeout by a second if its clock ran
+    // while the debugger holds the worker.
+    let neighbour = spawn_get(host.url("/sleep?s=3"), Vec::new());
+    let deadline = Instant::now() + LOG_WAIT;
+    while !worker_row(&info_page(&host).await, 0).contains("GET /sleep") {
+        assert!(Instant::now() < deadline, "the neighbour never ran");
+    }
+    let req = spawn_get(host.url("/debugme"), Vec::new());
+    let (thread, reason) = dap.stopped().await;
+    assert_eq!(reason, "breakpoint");
+    host.wait_for_log("request clock stopped", LOG_WAIT);
+    let page = info_page(&host).await;
+    let row = worker_row(&page, 0);
+    assert!(
+        row.contains("paused at a breakpoint")
+            && row.contains("GET /sleep")
+            && row.contains("GET /debugme"),
+        "{row}"
+    );
+    // Held past both requests' 2 s: debugpy stopped every thread, so both clocks stand.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!host.log().contains("request timed out"), "{}", host.log());
+    dap.call("continue", json!({"threadId": thread})).await;
+    let resp = req.await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let n = neighbour.await.unwrap();
+    assert_eq!(n.status, 200, "neighbour: {}", n.text());
+    assert_eq!(n.text(), "slept");
+    dap.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stepping_and_a_second_breakpoint_in_the_same_request() {
     let host = Host::start(debug_opts(1));
     let file = debugapp_file();

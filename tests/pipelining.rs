@@ -37,22 +37,12 @@ fn one_worker(extra: &str) -> Host {
 }
 
 fn status(host: &Host) -> Value {
-    let r = get(&host.url(STATUS));
-    assert_eq!(r.status, 200, "status page: {}", r.text());
-    r.json()
+    status_page(host, STATUS)
 }
 
 /// Waits until the status page satisfies `pred`; panics with the last page if it never does.
 fn wait_status(host: &Host, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let mut doc = Value::Null;
-    assert!(
-        wait_until(T, || {
-            doc = status(host);
-            pred(&doc)
-        }),
-        "{what}: {doc:#}"
-    );
-    doc
+    wait_status_page(host, STATUS, what, pred)
 }
 
 /// Starts a request on the only worker that holds it until `release` exists (up to 60 s).

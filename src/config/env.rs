@@ -17,6 +17,7 @@ use super::{
 const WORKER_ONLY: &[&str] = &[
     "FCGIHOST_CONTROL_FD",
     "FCGIHOST_WORKER_ID",
+    "FCGIHOST_WORKER_THREADS",
     "FCGIHOST_DEBUG",
     "FCGIHOST_WELCOME",
 ];
@@ -98,6 +99,14 @@ pub(super) fn read(
         TrustedProxies::parse_text,
     )?;
     r.set(&mut p.workers, &["FCGIHOST_WORKERS"], count(1))?;
+    r.set(&mut p.threads, &["FCGIHOST_THREADS"], |s| {
+        count(1)(s).and_then(values::check_threads)
+    })?;
+    r.set(&mut p.workers_max, &["FCGIHOST_WORKERS_MAX"], |s| {
+        count(1)(s).map(Some)
+    })?;
+    r.set(&mut p.spawn_after, &["FCGIHOST_SPAWN_AFTER"], dur)?;
+    r.set(&mut p.idle_timeout, &["FCGIHOST_IDLE_TIMEOUT"], dur)?;
     r.set(&mut p.max_queue, &["FCGIHOST_MAX_QUEUE"], count(0))?;
     r.set(&mut p.pipeline_depth, &["FCGIHOST_PIPELINE_DEPTH"], |s| {
         count(0)(s).and_then(values::check_pipeline_depth)

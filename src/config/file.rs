@@ -31,6 +31,10 @@ struct FileTop {
     fastcgi_listen: V,
     trusted_proxies: V,
     workers: V,
+    threads: V,
+    workers_max: V,
+    spawn_after: V,
+    idle_timeout: V,
     max_queue: V,
     pipeline_depth: V,
     pipeline_window: V,
@@ -105,6 +109,10 @@ const TABLES: &[(&str, &[&str])] = &[
             "fastcgi_listen",
             "trusted_proxies",
             "workers",
+            "threads",
+            "workers_max",
+            "spawn_after",
+            "idle_timeout",
             "max_queue",
             "pipeline_depth",
             "pipeline_window",
@@ -363,6 +371,24 @@ impl Ctx<'_> {
             },
         )?;
         self.set(&mut p.workers, &top.workers, "workers", |v| count(v, 1))?;
+        self.set(&mut p.threads, &top.threads, "threads", |v| {
+            count(v, 1).and_then(values::check_threads)
+        })?;
+        self.set(&mut p.workers_max, &top.workers_max, "workers_max", |v| {
+            count(v, 1).map(Some)
+        })?;
+        self.set(
+            &mut p.spawn_after,
+            &top.spawn_after,
+            "spawn_after",
+            duration,
+        )?;
+        self.set(
+            &mut p.idle_timeout,
+            &top.idle_timeout,
+            "idle_timeout",
+            duration,
+        )?;
         self.set(&mut p.max_queue, &top.max_queue, "max_queue", |v| {
             count(v, 0)
         })?;

@@ -70,6 +70,8 @@ pub struct CliOverrides {
     pub fastcgi_listen: Option<String>,
     /// `--workers`: number of worker processes.
     pub workers: Option<usize>,
+    /// `--threads`: requests one worker runs at once.
+    pub threads: Option<usize>,
     /// `--request-timeout`: duration text, `0` disables.
     pub request_timeout: Option<String>,
     /// `--log-level`.
@@ -178,8 +180,17 @@ pub struct Config {
     /// Peers whose proxy headers (`X-Forwarded-*`, `Forwarded`, `X-ARR-SSL`,
     /// `X-Original-URL`) are believed (`trusted_proxies`; default loopback).
     pub trusted_proxies: TrustedProxies,
-    /// Number of worker processes (≥ 1).
+    /// Number of worker processes (≥ 1); the floor of a dynamic pool.
     pub workers: usize,
+    /// Requests one worker runs at once, each on its own thread (1 = one at a time).
+    pub threads: usize,
+    /// Most worker processes the pool grows to when every slot is busy (= `workers`: a
+    /// fixed pool).
+    pub workers_max: usize,
+    /// A request that waited this long with every slot busy makes the pool grow.
+    pub spawn_after: Duration,
+    /// A worker above the floor that served nothing for this long is stopped.
+    pub idle_timeout: Duration,
     /// Requests that may wait for a worker before the front door answers 503.
     pub max_queue: usize,
     /// Requests written behind the running one on a busy worker's connection when every
@@ -454,6 +465,10 @@ struct Partial {
     fastcgi_listen: Slot<Option<FastcgiListen>>,
     trusted_proxies: Slot<TrustedProxies>,
     workers: Slot<usize>,
+    threads: Slot<usize>,
+    workers_max: Slot<Option<usize>>,
+    spawn_after: Slot<Duration>,
+    idle_timeout: Slot<Duration>,
     max_queue: Slot<usize>,
     pipeline_depth: Slot<usize>,
     pipeline_window: Slot<Duration>,
@@ -494,6 +509,13 @@ struct Partial {
     debug_wait_for_attach: Slot<Option<Duration>>,
     debug_max_pause: Slot<Option<Duration>>,
 }
+
+/// Default `spawn_after`: how long a request waits with every slot busy before the pool
+/// grows (when `workers_max` allows).
+const DEFAULT_SPAWN_AFTER: Duration = Duration::from_millis(100);
+
+/// Default `idle_timeout` (PHP-FPM's `pm.process_idle_timeout`).
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default `pipeline_depth`: under load a busy worker finds its next requests already in
 /// its socket (it never sleeps between them, and one read carries several); measured on 2
@@ -662,6 +684,21 @@ pub fn load_with_cwd(
     let python = pick!(python, default_python().to_string());
     let pythonpath = pick!(pythonpath, Vec::new());
     let workers = pick!(workers, cpus);
+    let threads = pick!(threads, 1);
+    let workers_max = pick!(workers_max, None);
+    let spawn_after = pick!(spawn_after, DEFAULT_SPAWN_AFTER);
+    let idle_timeout = pick!(idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    let pool_max = match workers_max.0 {
+        Some(max) if max < workers.0 => {
+            warnings.push(format!(
+                "workers_max {max} (from {}) is below workers {} (from {}): the pool stays at {}",
+                workers_max.1, workers.0, workers.1, workers.0
+            ));
+            workers.0
+        }
+        Some(max) => max,
+        None => workers.0,
+    };
     let max_queue = pick!(max_queue, 1000);
     let pipeline_depth = pick!(pipeline_depth, DEFAULT_PIPELINE_DEPTH);
     let pipeline_window = pick!(pipeline_window, DEFAULT_PIPELINE_WINDOW);
@@ -766,6 +803,10 @@ pub fn load_with_cwd(
         fastcgi_listen: fastcgi_listen.0.clone(),
         trusted_proxies: trusted_proxies.0.clone(),
         workers: workers.0,
+        threads: threads.0,
+        workers_max: pool_max,
+        spawn_after: spawn_after.0,
+        idle_timeout: idle_timeout.0,
         max_queue: max_queue.0,
         pipeline_depth: pipeline_depth.0,
         pipeline_window: pipeline_window.0,
@@ -859,6 +900,10 @@ pub fn load_with_cwd(
         &trusted_proxies.1,
     );
     add("workers", workers.0.to_string(), &workers.1);
+    add("threads", threads.0.to_string(), &threads.1);
+    add("workers_max", pool_max.to_string(), &workers_max.1);
+    add("spawn_after", dur(spawn_after.0), &spawn_after.1);
+    add("idle_timeout", dur(idle_timeout.0), &idle_timeout.1);
     add("max_queue", max_queue.0.to_string(), &max_queue.1);
     add(
         "pipeline_depth",
@@ -1193,6 +1238,10 @@ fn cli_layer(cli: &CliOverrides, cwd: &Path) -> Result<Partial, ConfigError> {
     if let Some(n) = cli.workers {
         values::check_min(n as u64, 1).map_err(at("--workers"))?;
         p.workers = Some((n, Source::Cli));
+    }
+    if let Some(n) = cli.threads {
+        let n = values::check_threads(n).map_err(at("--threads"))?;
+        p.threads = Some((n, Source::Cli));
     }
     if let Some(t) = &cli.request_timeout {
         let d = parse_duration(t).map_err(at("--request-timeout"))?;

@@ -507,6 +507,18 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
 /// before it, so a deep pipeline only lengthens the wait behind a slow request.
 pub const MAX_PIPELINE_DEPTH: usize = 8;
 
+/// Most threads one worker may run (`threads`).
+pub const MAX_THREADS: usize = 256;
+
+/// Checks `threads`: 1..=[`MAX_THREADS`].
+pub(super) fn check_threads(n: usize) -> Result<usize, String> {
+    match n {
+        0 => Err("must be at least 1".into()),
+        n if n > MAX_THREADS => Err(format!("must be at most {MAX_THREADS} (got {n})")),
+        n => Ok(n),
+    }
+}
+
 /// Checks `pipeline_depth` against [`MAX_PIPELINE_DEPTH`].
 pub(super) fn check_pipeline_depth(n: usize) -> Result<usize, String> {
     if n > MAX_PIPELINE_DEPTH {

@@ -63,16 +63,25 @@ pub fn visual_studio_steps(port: u16) -> Vec<String> {
     ]
 }
 
-/// A worker's state in words: starting, idle, busy with `METHOD /path` (and for how long),
+/// A worker's state in words: starting, idle, busy with `METHOD /path` (and for how long;
+/// every running request with `threads`),
 /// paused at a breakpoint, stopped.
 pub fn worker_state(worker: &WorkerSnapshot, now: Instant) -> String {
-    let request = worker.current.as_ref().map(|r| {
-        format!(
-            "{} {} ({} s)",
-            r.method,
-            r.path,
-            now.saturating_duration_since(r.started).as_secs()
-        )
+    // Every running request (several with `threads`), oldest first.
+    let request = (!worker.running.is_empty()).then(|| {
+        worker
+            .running
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} ({} s)",
+                    r.method,
+                    r.path,
+                    now.saturating_duration_since(r.started).as_secs()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     });
     match (worker.phase, worker.paused) {
         (Phase::Busy, true) => match request {
@@ -208,6 +217,12 @@ mod tests {
     use crate::pool::CurrentRequest;
 
     fn worker(id: usize, phase: Phase, paused: bool, debuggers: u32) -> WorkerSnapshot {
+        let current = (phase == Phase::Busy).then(|| CurrentRequest {
+            request_id: 7,
+            method: "GET".into(),
+            path: "/view/<script>".into(),
+            started: Instant::now(),
+        });
         WorkerSnapshot {
             id,
             pid: Some(1000 + id as u32),
@@ -217,12 +232,10 @@ mod tests {
             debuggers,
             requests: 3,
             respawns: 0,
-            current: (phase == Phase::Busy).then(|| CurrentRequest {
-                request_id: 7,
-                method: "GET".into(),
-                path: "/view/<script>".into(),
-                started: Instant::now(),
-            }),
+            running: current.iter().cloned().collect(),
+            busy_threads: usize::from(current.is_some()),
+            threads: 1,
+            current,
             pipelined: 0,
         }
     }

@@ -21,7 +21,7 @@ use super::access_log::UtcTime;
 use super::ResponseBody;
 use crate::debug::auth::{authorize, FailureLimiter, Secret};
 use crate::pages::{self, escape_html};
-use crate::pool::{resident_bytes, Phase, Pool, PoolStats, WorkerSnapshot};
+use crate::pool::{resident_bytes, CurrentRequest, Phase, Pool, PoolStats, WorkerSnapshot};
 
 /// Upper bounds (seconds) of the request-duration histogram's buckets.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -397,6 +397,46 @@ impl StatusPage {
             "Requests written behind a running one on a busy worker (pipeline_depth).",
             stats.pipelined,
         );
+        single_metric(
+            &mut out,
+            "fcgihost_workers_floor",
+            "gauge",
+            "Workers the pool keeps at least (workers).",
+            stats.workers_floor,
+        );
+        single_metric(
+            &mut out,
+            "fcgihost_workers_max",
+            "gauge",
+            "Workers the pool may grow to (workers_max).",
+            stats.workers_max,
+        );
+        single_metric(
+            &mut out,
+            "fcgihost_threads_busy",
+            "gauge",
+            "Worker threads running a request now.",
+            workers.iter().map(|w| w.busy_threads).sum::<usize>(),
+        );
+        single_metric(
+            &mut out,
+            "fcgihost_threads_total",
+            "gauge",
+            "Worker threads of the workers in service (workers x threads).",
+            workers
+                .iter()
+                .filter(|w| w.state != "stopped" && w.state != "starting")
+                .map(|w| w.threads)
+                .sum::<usize>(),
+        );
+        per_worker_metric(
+            &mut out,
+            "fcgihost_worker_threads_busy",
+            "gauge",
+            "Threads of each worker running a request now.",
+            workers,
+            |w| Some(w.busy_threads as u64),
+        );
         metric(&mut out, "fcgihost_workers", "gauge", "Workers by state.");
         for state in STATES {
             let n = workers.iter().filter(|w| w.state == state).count();
@@ -499,7 +539,12 @@ struct WorkerView {
     respawns: u32,
     rss: Option<u64>,
     debuggers: u32,
+    /// The oldest running request.
     current: Option<Value>,
+    /// Every running request (several with `threads`), oldest first.
+    running: Vec<Value>,
+    busy_threads: usize,
+    threads: usize,
     /// Requests written behind the current one (pipelining).
     pipelined: usize,
 }
@@ -513,9 +558,9 @@ impl WorkerView {
             Phase::Busy => "busy",
             Phase::Idle => "idle",
         };
-        let current = w.current.as_ref().map(|c| {
+        let view = |c: &CurrentRequest| {
             let running = now.saturating_duration_since(c.started);
-            let clock = pool.request_clock(w.id);
+            let clock = pool.request_clock(w.id, c.request_id);
             let paused = clock
                 .as_ref()
                 .map_or(Duration::ZERO, |clock| clock.paused_total(now));
@@ -529,7 +574,8 @@ impl WorkerView {
                 "active_ms": millis(active),
                 "paused_ms": millis(paused),
             })
-        });
+        };
+        let running: Vec<Value> = w.running.iter().map(view).collect();
         Self {
             id: w.id,
             pid: w.pid,
@@ -538,7 +584,10 @@ impl WorkerView {
             respawns: w.respawns,
             rss: w.pid.and_then(resident_bytes),
             debuggers: w.debuggers,
-            current,
+            current: running.first().cloned(),
+            running,
+            busy_threads: w.busy_threads,
+            threads: w.threads,
             pipelined: w.pipelined,
         }
     }
@@ -564,6 +613,11 @@ fn status_json(stats: &PoolStats, workers: &[WorkerView]) -> Value {
         "starting_workers": count("starting"),
         "stopped_workers": count("stopped"),
         "total_workers": workers.len(),
+        "workers_current": stats.workers_current,
+        "workers_floor": stats.workers_floor,
+        "workers_max": stats.workers_max,
+        "busy_threads": workers.iter().map(|w| w.busy_threads).sum::<usize>(),
+        "total_threads": workers.iter().filter(|w| w.state != "stopped" && w.state != "starting").map(|w| w.threads).sum::<usize>(),
         "workers": workers.iter().map(|w| json!({
             "id": w.id,
             "pid": w.pid,
@@ -573,6 +627,9 @@ fn status_json(stats: &PoolStats, workers: &[WorkerView]) -> Value {
             "rss_bytes": w.rss,
             "debuggers": w.debuggers,
             "current": w.current,
+            "running": w.running,
+            "busy_threads": w.busy_threads,
+            "threads": w.threads,
             "pipelined": w.pipelined,
         })).collect::<Vec<_>>(),
     })
@@ -601,14 +658,14 @@ td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}th{background:#f4f
             );
         }
     }
-    out.push_str("</table><h2>Workers</h2><table><tr><th>id</th><th>pid</th><th>state</th><th>requests</th><th>respawns</th><th>RSS</th><th>debuggers</th><th>method</th><th>path</th><th>running ms</th><th>paused ms</th><th>pipelined</th></tr>");
+    out.push_str("</table><h2>Workers</h2><table><tr><th>id</th><th>pid</th><th>state</th><th>requests</th><th>respawns</th><th>RSS</th><th>debuggers</th><th>threads busy</th><th>method</th><th>path</th><th>running ms</th><th>paused ms</th><th>pipelined</th></tr>");
     let none = Value::Null;
     for w in doc["workers"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         let current = &w["current"];
         let get = |v: &Value, k: &str| field(v.get(k).unwrap_or(&none));
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             get(w, "id"),
             get(w, "pid"),
             get(w, "state"),
@@ -616,6 +673,8 @@ td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}th{background:#f4f
             get(w, "respawns"),
             w["rss_bytes"].as_u64().map_or_else(|| "-".to_owned(), |b| format!("{} MiB", b >> 20)),
             get(w, "debuggers"),
+            get(w, "busy_threads"),
+            get(w, "threads"),
             get(current, "method"),
             get(current, "path"),
             get(current, "running_ms"),

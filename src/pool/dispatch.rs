@@ -155,8 +155,22 @@ impl Pool {
             id,
             rx,
         };
-        let outcome =
-            tokio::time::timeout(self.shared.settings().queue_timeout, &mut wait.rx).await;
+        let settings = self.shared.settings();
+        let deadline = tokio::time::Instant::now() + settings.queue_timeout;
+        let mut early = None;
+        if settings.workers_max > settings.workers && settings.spawn_after < settings.queue_timeout
+        {
+            // Dynamic pool: a request that waited spawn_after with every slot busy grows it.
+            let grow_at = tokio::time::Instant::now() + settings.spawn_after;
+            match tokio::time::timeout_at(grow_at, &mut wait.rx).await {
+                Ok(result) => early = Some(result),
+                Err(_) => self.shared.grow(),
+            }
+        }
+        let outcome = match early {
+            Some(result) => Ok(result),
+            None => tokio::time::timeout_at(deadline, &mut wait.rx).await,
+        };
         let granted = match outcome {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Refusal::ShuttingDown),
@@ -169,14 +183,16 @@ impl Pool {
 
     pub(super) fn lease(&self, state: &mut State, grant: Grant, current: CurrentRequest) -> Lease {
         let worker = &mut state.workers[grant.worker];
+        let request_id = current.request_id;
         let (conn, relay) = match grant.place {
             Place::Running(conn) => {
-                worker.current = Some(current);
+                worker.running.push(current);
                 (Some(conn), None)
             }
             Place::Behind(relay) => (None, Some(relay)),
         };
         Lease {
+            request_id,
             shared: self.shared.clone(),
             signals: worker.signals.clone(),
             worker: grant.worker,
@@ -189,21 +205,28 @@ impl Pool {
             relay,
             reusable: false,
             killed: false,
+            draining: false,
         }
     }
 }
 
-/// Picks an idle worker: one with a debugger attached first, else the lowest id.
+/// Picks a free slot (a worker thread with its connection): on a worker with a debugger
+/// attached first (affinity: the developer's requests reach the process they debug, even
+/// while it is paused), then on one that is not paused, then the least loaded, then the
+/// lowest id. A paused worker without a debugger (it was just detached) is passed over.
 /// `pipelinable`: the request has no body, so others may be written behind it.
 pub(super) fn take_idle(state: &mut State, pipelinable: bool) -> Option<Grant> {
     let pick = state
         .workers
         .iter()
-        .filter(|w| w.phase == Phase::Idle && !w.retiring && w.conn.is_some())
-        .min_by_key(|w| (w.debuggers == 0, w.id))
-        .map(|w| w.id)?;
+        .filter(|w| w.has_free_slot())
+        .map(|w| (w, *w.signals.paused.borrow()))
+        .filter(|(w, paused)| !paused || w.debuggers > 0)
+        .min_by_key(|(w, paused)| (w.debuggers == 0, *paused, w.in_flight, w.id))
+        .map(|(w, _)| w.id)?;
     let worker = &mut state.workers[pick];
-    let conn = worker.conn.take()?;
+    let conn = worker.conns.pop()?;
+    worker.in_flight += 1;
     worker.phase = Phase::Busy;
     worker.pipelinable = pipelinable;
     worker.running_fcgi_id = FIRST_FCGI_ID;
@@ -238,7 +261,7 @@ pub(super) fn hand_on(worker: &mut WorkerState, conn: Option<WorkerConn>) {
                             "connection handed to the request written behind"
                         );
                         worker.running_since = Instant::now();
-                        worker.current = Some(next.current);
+                        worker.running.push(next.current);
                         return;
                     }
                     Err(orphaned) => {
@@ -257,12 +280,11 @@ pub(super) fn hand_on(worker: &mut WorkerState, conn: Option<WorkerConn>) {
         }
     }
     match conn {
-        Some(conn) => {
-            worker.conn = Some(conn);
-            worker.phase = Phase::Idle;
-        }
+        Some(conn) => worker.end_slot(Some(conn)),
         None => {
-            worker.drop_followers();
+            // The worker does not accept connections any more: it is gone or going, and
+            // its supervisor respawns it.
+            worker.out_of_service();
             worker.phase = Phase::Starting;
         }
     }
@@ -291,8 +313,7 @@ impl Shared {
                         // Every waiter had gone: the worker is idle again.
                         let worker = &mut state.workers[grant.worker];
                         if let Place::Running(conn) = grant.place {
-                            worker.phase = Phase::Idle;
-                            worker.conn = Some(conn);
+                            worker.end_slot(Some(conn));
                         }
                         return;
                     };

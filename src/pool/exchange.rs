@@ -222,6 +222,7 @@ async fn drive<B: RequestBody>(
     let settings = lease.shared.settings();
     let max_pause = settings.max_pause;
     let slow_threshold = settings.slow_request_threshold;
+    let graceful_timeout = settings.graceful_timeout;
     drop(settings);
     let mut slow_logged = false;
     let mut clock = RequestClock::start(Instant::now(), limit);
@@ -500,6 +501,8 @@ async fn drive<B: RequestBody>(
                 paused_ms = clock.paused_total(now).as_millis() as u64,
                 "request timed out (request_timeout); logging the worker's Python stacks, then killing it"
             );
+            // The client learns at once; the stacks and the kill follow.
+            fail(&mut head_tx, &body_tx, Failure::Timeout, &mut status).await;
             if let Some(control) = lease.control() {
                 if !control.dump_and_wait(DUMP_BEFORE_KILL).await {
                     tracing::warn!(
@@ -510,8 +513,13 @@ async fn drive<B: RequestBody>(
                     );
                 }
             }
-            lease.kill_worker();
-            fail(&mut head_tx, &body_tx, Failure::Timeout, &mut status).await;
+            if lease.shares_worker() {
+                // Other requests run on this worker's other threads: they may finish
+                // (up to graceful_timeout) before it is killed.
+                lease.drain_then_kill(graceful_timeout);
+            } else {
+                lease.kill_worker();
+            }
         }
         Outcome::BodyTooLarge => {
             tracing::warn!(

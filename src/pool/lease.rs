@@ -19,6 +19,8 @@ use crate::deadline::RequestClock;
 /// written behind a running one (pipelining) gets the connection from its predecessor
 /// ([`Lease::connection`]).
 pub struct Lease {
+    /// The host's id of the request (worker table, clocks).
+    pub(super) request_id: u64,
     pub(super) shared: Arc<Shared>,
     pub(super) signals: Arc<SlotSignals>,
     pub(super) worker: usize,
@@ -37,6 +39,9 @@ pub struct Lease {
     /// The worker was killed (or broke its connection): no new connection is opened to it;
     /// its supervisor respawns it.
     pub(super) killed: bool,
+    /// The request timed out on a worker with other requests running: its connection is
+    /// dropped and no new one is opened (the worker is drained, then killed).
+    pub(super) draining: bool,
 }
 
 impl Lease {
@@ -114,6 +119,61 @@ impl Lease {
         process::kill(self.pid);
     }
 
+    /// True when the worker runs requests on several threads (a timeout then drains it
+    /// instead of killing it at once).
+    pub fn shares_worker(&self) -> bool {
+        let state = self.shared.lock();
+        let worker = &state.workers[self.worker];
+        worker.generation == self.generation && worker.threads > 1
+    }
+
+    /// The timed-out request's end on a worker that runs other requests too (`threads`):
+    /// the worker takes no new request, the others may finish within `grace`
+    /// (`graceful_timeout`), then it is killed and its supervisor replaces it. With nothing
+    /// else running it is killed at once.
+    pub fn drain_then_kill(&mut self, grace: std::time::Duration) {
+        self.draining = true;
+        let shared = self.shared.clone();
+        let (id, generation, pid) = (self.worker, self.generation, self.pid);
+        {
+            let mut state = shared.lock();
+            let worker = &mut state.workers[id];
+            if worker.generation == generation {
+                worker.retiring = true;
+            }
+        }
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + grace;
+            loop {
+                let notified = shared.idle_changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let others = {
+                    let state = shared.lock();
+                    let worker = &state.workers[id];
+                    if worker.generation != generation || !worker.in_service() {
+                        return;
+                    }
+                    worker.in_flight
+                };
+                if others == 0 {
+                    tracing::info!(worker = id, pid, "timed-out worker drained; killing it");
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    tracing::warn!(
+                        worker = id,
+                        pid,
+                        running = others,
+                        "timed-out worker still busy after graceful_timeout; killing it"
+                    );
+                    break;
+                }
+            }
+            process::kill(pid);
+        });
+    }
+
     /// Follows the debugger's hold on this worker.
     pub fn pause_signal(&self) -> watch::Receiver<bool> {
         self.signals.paused.subscribe()
@@ -122,7 +182,8 @@ impl Lease {
     /// Publishes the request's clock (after it starts, pauses or resumes) for the status
     /// page.
     pub fn publish_clock(&self, clock: &RequestClock) {
-        *self.signals.clock() = Some((self.generation, clock.clone()));
+        self.signals
+            .publish_clock(self.generation, self.request_id, clock);
     }
 
     /// The control channel of this lease's worker process (None for a custom
@@ -141,12 +202,7 @@ impl Drop for Lease {
             }
             return;
         }
-        {
-            let mut clock = self.signals.clock();
-            if clock.as_ref().is_some_and(|(g, _)| *g == self.generation) {
-                *clock = None;
-            }
-        }
+        self.signals.drop_clock(self.generation, self.request_id);
         let conn = self.conn.take();
         let mut state = self.shared.lock();
         let worker = &mut state.workers[self.worker];
@@ -154,12 +210,18 @@ impl Drop for Lease {
             // The worker was replaced or died meanwhile; its successor is already in service.
             return;
         }
-        worker.current = None;
+        worker.forget(self.request_id);
         worker.requests += 1;
         worker.served += 1;
         if !worker.retiring && self.shared.due_for_recycling(worker) {
             worker.retiring = true;
             worker.signals.recycle.notify_one();
+        }
+        if self.draining && !self.killed {
+            drop(conn);
+            worker.end_slot(None);
+            self.shared.settle(state);
+            return;
         }
         let conn = match conn {
             Some(conn) if self.reusable && !self.killed => Some(conn),

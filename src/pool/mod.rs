@@ -1,7 +1,10 @@
 //! The worker pool: a set of worker slots, each supervised by its own task
 //! ([`supervisor`]), and the dispatcher that hands each request to an idle worker or
-//! parks it in a bounded queue. A worker serves one request at a time, so pause, timeout
-//! and kill act on exactly one request.
+//! parks it in a bounded queue. By default a worker serves one request at a time, so pause,
+//! timeout and kill act on exactly one request; with `threads = N` it serves up to N, one
+//! connection per thread (why: [`worker`]), dispatch picks the least loaded free slot, and a
+//! timeout drains the worker before killing it. [`scaling`] grows the pool between
+//! `workers` and `workers_max`.
 //!
 //! Pipelining (`pipeline_depth`): when every worker is busy, a request without a body may
 //! be written behind the running one on a busy worker's connection, so the worker finds
@@ -26,6 +29,7 @@ pub mod observer;
 mod pipeline;
 pub mod process;
 pub mod runtime;
+mod scaling;
 pub mod supervisor;
 pub mod transport;
 pub mod watcher;
@@ -50,7 +54,18 @@ use worker::{SlotSignals, WorkerState};
 /// Pool-wide settings; replaced as a whole on reload (SIGHUP).
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
+    /// Worker processes wanted (the floor of a dynamic pool).
     pub workers: usize,
+    /// Requests one worker runs at once, one connection and thread each.
+    pub threads: usize,
+    /// Most worker processes a dynamic pool grows to (= `workers`: fixed).
+    pub workers_max: usize,
+    /// How long a request waits with every slot busy before the pool grows.
+    pub spawn_after: Duration,
+    /// How long a worker above the floor may stay idle before it is stopped.
+    pub idle_timeout: Duration,
+    /// How long the other requests of a timed-out worker may run before it is killed.
+    pub graceful_timeout: Duration,
     pub max_queue: usize,
     /// Requests that may wait behind the running one on a busy worker's connection.
     pub pipeline_depth: usize,
@@ -157,7 +172,13 @@ pub struct WorkerSnapshot {
     pub debuggers: u32,
     pub requests: u64,
     pub respawns: u32,
+    /// The oldest request running on it.
     pub current: Option<CurrentRequest>,
+    /// Every request running on it (several with `threads`), oldest first.
+    pub running: Vec<CurrentRequest>,
+    /// Threads of this worker busy with a request, and its thread count.
+    pub busy_threads: usize,
+    pub threads: usize,
     /// Requests written behind the current one (pipelining), waiting their turn.
     pub pipelined: usize,
 }
@@ -209,6 +230,11 @@ pub struct PoolStats {
     pub max_queue: usize,
     /// Requests written behind a running one since the start (pipelining).
     pub pipelined: u64,
+    /// Worker slots in the pool now, the floor (`workers`) and the ceiling
+    /// (`workers_max`).
+    pub workers_current: usize,
+    pub workers_floor: usize,
+    pub workers_max: usize,
 }
 
 pub(crate) struct Shared {
@@ -272,6 +298,7 @@ impl Pool {
         for id in 0..shared.settings().workers {
             tokio::spawn(supervisor::supervise(shared.clone(), id));
         }
+        tokio::spawn(scaling::shrink_idle(shared.clone()));
         Self { shared }
     }
 
@@ -294,8 +321,9 @@ impl Pool {
         self.restart_all("configuration reloaded");
     }
 
-    /// Changes the number of workers (SIGTTIN/SIGTTOU, reload). New slots start at once;
-    /// removed ones finish their current request first.
+    /// Changes the number of workers (SIGTTIN/SIGTTOU, reload): the floor of a dynamic
+    /// pool, and the pool is set to it. New slots start at once; removed ones finish their
+    /// current requests first.
     pub fn resize(&self, workers: usize) {
         let workers = workers.max(1);
         {
@@ -306,28 +334,10 @@ impl Pool {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let mut settings = PoolSettings::clone(&guard);
             settings.workers = workers;
+            settings.workers_max = settings.workers_max.max(workers);
             *guard = Arc::new(settings);
         }
-        let before = self.shared.target.send_replace(workers);
-        if before != workers {
-            tracing::info!(
-                from = before,
-                to = workers,
-                "changing the number of workers"
-            );
-        }
-        let mut state = self.shared.lock();
-        for id in 0..workers {
-            if id == state.workers.len() {
-                state.workers.push(WorkerState::new(id, false));
-            }
-            let worker = &mut state.workers[id];
-            if !worker.supervised {
-                worker.supervised = true;
-                worker.phase = Phase::Starting;
-                tokio::spawn(supervisor::supervise(self.shared.clone(), id));
-            }
-        }
+        self.shared.set_target(workers, "workers changed");
     }
 
     /// Replaces every worker, one at a time, without refusing or cutting a request (the
@@ -362,7 +372,10 @@ impl Pool {
                 debuggers: w.debuggers,
                 requests: w.requests,
                 respawns: w.respawns,
-                current: w.current.clone(),
+                current: w.running.first().cloned(),
+                running: w.running.clone(),
+                busy_threads: w.in_flight,
+                threads: w.threads,
                 pipelined: w.followers.len(),
             })
             .collect()
@@ -384,22 +397,25 @@ impl Pool {
             max_queue_seen: counters.max_queue_seen.load(Ordering::Relaxed),
             max_queue: self.settings().max_queue,
             pipelined: counters.pipelined.load(Ordering::Relaxed),
+            workers_current: *self.shared.target.borrow(),
+            workers_floor: self.settings().workers,
+            workers_max: self.settings().workers_max,
         }
     }
 
-    /// The clock of the request worker `worker` is serving (running and paused time).
-    pub fn request_clock(&self, worker: usize) -> Option<RequestClock> {
+    /// The clock of request `request_id` on worker `worker` (running and paused time).
+    pub fn request_clock(&self, worker: usize, request_id: u64) -> Option<RequestClock> {
         let (signals, generation) = self
             .shared
             .lock()
             .workers
             .get(worker)
             .map(|w| (w.signals.clone(), w.generation))?;
-        let clock = signals.clock();
-        clock
-            .as_ref()
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, c)| c.clone())
+        let clocks = signals.clocks();
+        clocks
+            .iter()
+            .find(|(g, r, _)| *g == generation && *r == request_id)
+            .map(|(_, _, c)| c.clone())
     }
 
     /// Asks worker `worker` for its Python stacks (logged as "Python stacks of the
@@ -491,7 +507,7 @@ impl Pool {
                 .workers
                 .iter_mut()
                 .filter_map(|w| {
-                    w.conn = None;
+                    w.conns.clear();
                     w.drop_followers();
                     w.pid.map(|pid| (pid, w.signals.control(w.generation)))
                 })
@@ -563,8 +579,7 @@ impl Shared {
         let worker = &mut state.workers[id];
         worker.supervised = false;
         worker.phase = Phase::Stopped;
-        worker.conn = None;
-        worker.drop_followers();
+        worker.out_of_service();
         worker.pid = None;
         true
     }

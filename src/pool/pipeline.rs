@@ -60,12 +60,19 @@ impl Shared {
         if settings.pipeline_depth == 0 || settings.debug || !settings.spec.speaks_control {
             return None;
         }
+        if *self.target.borrow() < settings.workers_max {
+            // A dynamic pool that may still grow starts a worker instead (spawn_after).
+            return None;
+        }
         let now = Instant::now();
         state
             .workers
             .iter()
             .filter(|w| {
                 w.phase == Phase::Busy
+                    // One request at a time per worker: with threads, a free thread
+                    // takes the request instead.
+                    && w.threads == 1
                     && w.pipelinable
                     && !w.retiring
                     && w.followers.len() < settings.pipeline_depth
@@ -140,7 +147,9 @@ impl Shared {
             worker = id,
             "a request written behind was abandoned; reconnecting"
         );
-        worker.current = None;
+        // Pipelining runs only on single-threaded workers: the abandoned request was the
+        // only one running.
+        worker.running.clear();
         let conn = worker.fresh_conn();
         hand_on(worker, conn);
         self.settle(state);

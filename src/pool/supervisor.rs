@@ -159,8 +159,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, id: usize) {
             let worker = &mut state.workers[id];
             if worker.generation == running.generation {
                 worker.pid = None;
-                worker.conn = None;
-                worker.drop_followers();
+                worker.out_of_service();
                 worker.debug_port = None;
                 worker.addr = None;
                 worker.phase = Phase::Starting;
@@ -251,8 +250,13 @@ impl Start {
 
 /// Puts a ready worker in service: connects, publishes it, and hands it to a waiter.
 fn install(shared: &Shared, id: usize, running: &Running) -> bool {
-    let conn = match WorkerConn::connect(&running.addr) {
-        Ok(conn) => conn,
+    // One connection per thread: each of the worker's threads serves one of them.
+    let threads = shared.settings().threads.max(1);
+    let conns = match (0..threads)
+        .map(|_| WorkerConn::connect(&running.addr))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(conns) => conns,
         Err(err) => {
             tracing::error!(worker = id, pid = running.pid, error = %err, "cannot connect to worker");
             return false;
@@ -272,8 +276,10 @@ fn install(shared: &Shared, id: usize, running: &Running) -> bool {
             worker.signals.register_control(running.generation, control);
         }
         worker.pid = Some(running.pid);
-        worker.drop_followers();
-        worker.conn = Some(conn);
+        worker.out_of_service();
+        worker.conns = conns;
+        worker.threads = threads;
+        worker.idle_since = Instant::now();
         worker.addr = Some(running.addr.clone());
         worker.debug_port = debug_port;
         worker.phase = Phase::Idle;

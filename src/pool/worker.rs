@@ -1,5 +1,17 @@
-//! One worker slot's state: its process, connection, counters and signals, shared between
-//! its supervisor, the dispatcher and the pages.
+//! One worker slot's state: its process, connections, counters and signals, shared
+//! between its supervisor, the dispatcher and the pages.
+//!
+//! A worker with `threads = N` runs up to N requests at once, **one FastCGI connection per
+//! thread** (each carries one request at a time; the worker answers `FCGI_MPXS_CONNS` 0).
+//! Multiplexed request ids on one connection were the other choice; a connection per
+//! thread was taken because FastCGI has no per-request flow control: on a shared
+//! connection a client that reads its response slowly would either stall every other
+//! response behind it or make the host buffer without bound, while with its own connection
+//! the socket's backpressure reaches exactly the thread that writes. It also keeps one
+//! exchange per connection (the single-request code, pipelining and abort handling stay as
+//! they are), lets a lost or timed-out request's connection be dropped without touching its
+//! neighbours', and keeps the Python worker a plain accept loop per thread. The cost, a
+//! socket per thread, is small next to a thread's stack.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -26,9 +38,19 @@ pub struct WorkerState {
     pub debuggers: u32,
     pub requests: u64,
     pub respawns: u32,
-    pub current: Option<CurrentRequest>,
+    /// The requests running on it now (several with `threads`), oldest first.
+    pub running: Vec<CurrentRequest>,
+    /// Requests this process runs at once (`threads` when it started).
+    pub threads: usize,
+    /// Connections (slots) in use: at most `threads` (with pipelining, a chain of
+    /// requests on one connection counts once).
+    pub(super) in_flight: usize,
     pub(super) generation: u64,
-    pub(super) conn: Option<WorkerConn>,
+    /// Idle connections, one per free thread.
+    pub(super) conns: Vec<WorkerConn>,
+    /// When it last finished a request or came into service (dynamic pool: idle workers
+    /// above the floor stop after `idle_timeout`).
+    pub(super) idle_since: Instant,
     pub(super) signals: Arc<SlotSignals>,
     /// A supervisor task runs this slot (false once the slot was removed by a resize).
     pub(super) supervised: bool,
@@ -66,9 +88,12 @@ impl WorkerState {
             debuggers: 0,
             requests: 0,
             respawns: 0,
-            current: None,
+            running: Vec::new(),
+            threads: 1,
+            in_flight: 0,
             generation: 0,
-            conn: None,
+            conns: Vec::new(),
+            idle_since: Instant::now(),
             addr: None,
             signals: SlotSignals::new(),
             supervised,
@@ -88,6 +113,48 @@ impl WorkerState {
     pub(super) fn drop_followers(&mut self) {
         self.followers.clear();
         self.outbox.clear();
+    }
+
+    /// Ready or serving: its process is in service.
+    pub(super) fn in_service(&self) -> bool {
+        matches!(self.phase, Phase::Idle | Phase::Busy)
+    }
+
+    /// In service, not retiring, with a free thread and a connection for it.
+    pub(super) fn has_free_slot(&self) -> bool {
+        self.in_service()
+            && !self.retiring
+            && self.in_flight < self.threads
+            && !self.conns.is_empty()
+    }
+
+    /// Takes the worker out of service (its process is gone or going): no connection, no
+    /// request counted on it.
+    pub(super) fn out_of_service(&mut self) {
+        self.conns.clear();
+        self.drop_followers();
+        self.running.clear();
+        self.in_flight = 0;
+    }
+
+    /// One slot (connection) comes back or is given up: the worker is idle again when it
+    /// was the last one in use.
+    pub(super) fn end_slot(&mut self, conn: Option<WorkerConn>) {
+        self.conns.extend(conn);
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight == 0 {
+            self.phase = Phase::Idle;
+            self.idle_since = Instant::now();
+        } else {
+            self.phase = Phase::Busy;
+        }
+    }
+
+    /// Forgets a request that ended (it leaves the worker table).
+    pub(super) fn forget(&mut self, request_id: u64) {
+        if let Some(at) = self.running.iter().position(|r| r.request_id == request_id) {
+            self.running.remove(at);
+        }
     }
 
     /// Opens a fresh connection in place of one whose state is unknown; the requests
@@ -111,9 +178,10 @@ pub(super) struct SlotSignals {
     pub(super) paused: watch::Sender<bool>,
     /// Asks the supervisor to replace its worker (recycling).
     pub(super) recycle: Notify,
-    /// The clock of the request in progress (kept up to date by the exchange), for the
-    /// status page's running and paused times, with the generation of its worker process.
-    pub(super) clock: Mutex<Option<(u64, RequestClock)>>,
+    /// The clocks of the requests in progress (kept up to date by their exchanges), for
+    /// the status page's running and paused times: (generation of the worker process,
+    /// request id, clock).
+    pub(super) clocks: Mutex<Vec<(u64, u64, RequestClock)>>,
     /// Control channels of this slot's live worker processes by generation (a replaced
     /// worker may still finish a request while its successor serves).
     pub(super) controls: Mutex<Vec<(u64, Weak<Control>)>>,
@@ -126,7 +194,7 @@ impl SlotSignals {
         Arc::new(Self {
             paused: watch::channel(false).0,
             recycle: Notify::new(),
-            clock: Mutex::new(None),
+            clocks: Mutex::new(Vec::new()),
             controls: Mutex::new(Vec::new()),
             outbox: Notify::new(),
         })
@@ -150,7 +218,25 @@ impl SlotSignals {
             .and_then(|(_, c)| c.upgrade())
     }
 
-    pub(super) fn clock(&self) -> MutexGuard<'_, Option<(u64, RequestClock)>> {
-        self.clock.lock().unwrap_or_else(|p| p.into_inner())
+    pub(super) fn clocks(&self) -> MutexGuard<'_, Vec<(u64, u64, RequestClock)>> {
+        self.clocks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes (or replaces) the clock of request `request_id` on process `generation`.
+    pub(super) fn publish_clock(&self, generation: u64, request_id: u64, clock: &RequestClock) {
+        let mut clocks = self.clocks();
+        match clocks
+            .iter_mut()
+            .find(|(g, r, _)| *g == generation && *r == request_id)
+        {
+            Some(entry) => entry.2 = clock.clone(),
+            None => clocks.push((generation, request_id, clock.clone())),
+        }
+    }
+
+    /// Removes the clock of a request that ended.
+    pub(super) fn drop_clock(&self, generation: u64, request_id: u64) {
+        self.clocks()
+            .retain(|(g, r, _)| !(*g == generation && *r == request_id));
     }
 }

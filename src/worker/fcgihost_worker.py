@@ -8,6 +8,9 @@ Process interface
 -----------------
 * fd 0 is a *listening* stream socket (FastCGI's FCGI_LISTENSOCK_FILENO, a Unix socket).
   The worker accepts one connection at a time and serves it until the host closes it.
+  With FCGIHOST_WORKER_THREADS=N (N > 1) it runs N serving threads, each accepting and
+  serving one connection at a time: up to N requests at once, one per connection (the
+  host opens one connection per thread; no multiplexing), ``wsgi.multithread`` true.
   (fd 0 is then pointed at /dev/null so that the app and its children never see it.)
 * fd $FCGIHOST_CONTROL_FD (3) is a connected socket carrying JSON objects, one per line.
   Worker -> host: ``debug_listening`` {port}, ``ready`` {pid, app, python, version},
@@ -28,7 +31,7 @@ Process interface
   for ERROR): the host logs it at that level. Lines without the mark (a bare ``print``)
   are logged at INFO. See LevelTaggedStream.
 * SIGINT is ignored (the host handles Ctrl-C and drains). SIGTERM: exit 0 at once when
-  idle, or right after the request in progress (the app's atexit handlers run; its
+  idle, or right after the requests in progress (the app's atexit handlers run; its
   non-daemon threads are not waited for). Before ``ready`` is sent, SIGTERM has its
   default action (the process dies of the signal).
 * Environment: FCGIHOST_APP (``pkg.mod.app``, ``pkg.mod.create_app()``, ``pkg.mod:app``,
@@ -42,7 +45,7 @@ Process interface
   when the app cannot be loaded, 4 when debugging was asked for but debugpy is not
   installed.
 
-FastCGI (responder role, one request at a time, no multiplexing)
+FastCGI (responder role, one request at a time per connection, no multiplexing)
 -----------------------------------------------------------------
 Every record is an 8-byte header (version 1, type, request id, content length, padding
 length, reserved) followed by the content and the padding. For a request the host sends
@@ -55,7 +58,7 @@ line, body), an empty STDOUT and END_REQUEST. Details the host can rely on:
   closes the connection.
 * A role other than RESPONDER is refused with END_REQUEST(protocol status UNKNOWN_ROLE).
 * GET_VALUES (request id 0) is answered at any time with the asked ones of
-  FCGI_MAX_CONNS=1, FCGI_MAX_REQS=1, FCGI_MPXS_CONNS=0. Unknown record types get
+  FCGI_MAX_CONNS=N, FCGI_MAX_REQS=N (N serving threads), FCGI_MPXS_CONNS=0. Unknown record types get
   UNKNOWN_TYPE.
 * The body is read lazily, as the app reads wsgi.input. Records of other request ids that
   arrive meanwhile (a pipelined next request) are kept and served, in order, afterwards.
@@ -135,7 +138,10 @@ _REQUEST_RECORD_TYPES = frozenset(
 )
 """Record types with a non-zero request id that the worker handles."""
 
-_GET_VALUES_ANSWERS = {"FCGI_MAX_CONNS": "1", "FCGI_MAX_REQS": "1", "FCGI_MPXS_CONNS": "0"}
+def _get_values_answers(threads):
+    """What GET_VALUES answers for a worker with ``threads`` serving threads."""
+    return {"FCGI_MAX_CONNS": str(threads), "FCGI_MAX_REQS": str(threads),
+            "FCGI_MPXS_CONNS": "0"}
 
 EXIT_HOST_GONE = 1
 EXIT_BAD_INVOCATION = 2
@@ -476,7 +482,8 @@ class Connection:
         if rtype == FCGI_GET_VALUES and request_id == 0:
             asked = {}
             parse_name_values(content, asked)
-            answers = [(n, _GET_VALUES_ANSWERS[n]) for n in asked if n in _GET_VALUES_ANSWERS]
+            known = self.worker.get_values
+            answers = [(n, known[n]) for n in asked if n in known]
             self._send(_record(FCGI_GET_VALUES_RESULT, 0, encode_name_values(answers)))
         else:
             self._send(_record(FCGI_UNKNOWN_TYPE, 0, _UNKNOWN_TYPE_BODY.pack(rtype)))
@@ -575,11 +582,11 @@ class Connection:
             except struct.error:
                 raise ProtocolError("short BEGIN_REQUEST body") from None
             if role == FCGI_RESPONDER:
-                worker.busy = True
+                worker.request_started()
                 try:
                     self._serve_request(request_id)
                 finally:
-                    worker.busy = False
+                    worker.request_ended()
             else:
                 self._send(_end_request(request_id, 0, FCGI_UNKNOWN_ROLE))
             if worker.stopping:
@@ -791,18 +798,21 @@ class Connection:
 class Worker:
     """Process-wide state: the app, the listening socket and the SIGTERM bookkeeping."""
 
-    def __init__(self, app, listener, show_tracebacks, token=None):
+    def __init__(self, app, listener, show_tracebacks, token=None, threads=1):
         self.app = app
         self.listener = listener
         self.token = token  # Windows: the line every FastCGI connection starts with
         self.show_tracebacks = show_tracebacks
-        self.busy = False  # a request is being served
+        self.threads = threads  # serving threads (requests at once)
+        self.get_values = _get_values_answers(threads)
+        self.busy = 0  # requests being served
+        self._busy_lock = threading.Lock()
         self.stopping = False  # SIGTERM received
         self.base_environ = {
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
             "wsgi.errors": sys.stderr,
-            "wsgi.multithread": False,
+            "wsgi.multithread": threads > 1,
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
             "wsgi.file_wrapper": FileWrapper,
@@ -812,22 +822,53 @@ class Worker:
             "QUERY_STRING": "",
         }
 
+    def request_started(self):
+        with self._busy_lock:
+            self.busy += 1
+
+    def request_ended(self):
+        """Counts a request done; with several serving threads, the last one to finish
+        after SIGTERM ends the process (with one, the main thread does, in serve())."""
+        with self._busy_lock:
+            self.busy -= 1
+            last = self.stopping and self.busy == 0
+        # stopping is set before busy is read (on_sigterm), busy is lowered before
+        # stopping is read (here): one of the two sees the other and exits.
+        if last and threading.current_thread() is not threading.main_thread():
+            _exit_gracefully(0)
+
     def on_sigterm(self, signum, frame):
-        """SIGTERM: exit now if idle, else after the current request (see serve())."""
+        """SIGTERM: exit now if idle, else after the current requests (see serve() and
+        request_ended())."""
         self.stopping = True
         if not self.busy:
             raise SystemExit(0)
 
     def on_stop_command(self):
         """The control command ``stop`` (SIGTERM's stand-in on Windows), on the control
-        thread: exit now if idle, else the main thread exits after the current request."""
+        thread: exit now if idle, else once the requests in progress are done."""
         self.stopping = True
         if not self.busy:
             _exit_gracefully(0)
 
     def run(self):
-        """Accept connections from the host, one at a time, forever."""
+        """Serve connections from the host: on the main thread, one at a time; or with
+        several serving threads, each one connection at a time, while the main thread
+        waits for signals."""
         self.listener.setblocking(True)
+        if self.threads == 1:
+            self._accept_loop()
+        for index in range(self.threads):
+            thread = threading.Thread(target=self._accept_loop, daemon=True,
+                                      name="fcgihost-thread-%d" % index)
+            thread.start()
+        forever = threading.Event()
+        while True:
+            forever.wait()  # interrupted by SIGTERM's SystemExit
+
+    def _accept_loop(self):
+        """Accept connections from the host and serve each until it closes, forever (a
+        serving thread ends once the worker is stopping)."""
         while True:
             sock, _ = self.listener.accept()
             try:
@@ -836,6 +877,10 @@ class Worker:
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 Connection(sock, self).serve()
+            except SystemExit:
+                if threading.current_thread() is threading.main_thread():
+                    raise
+                return
             except ConnectionLost:
                 pass
             except ProtocolError as exc:
@@ -1246,7 +1291,11 @@ def main():
         log_error("fcgihost worker: cannot load app %r\n%s" % (spec, text))
         _exit(EXIT_APP_ERROR)
 
-    worker = Worker(app, listener, env.get("FCGIHOST_SHOW_TRACEBACKS") == "1", token)
+    try:
+        threads = max(1, int(env.get("FCGIHOST_WORKER_THREADS", "1")))
+    except ValueError:
+        threads = 1
+    worker = Worker(app, listener, env.get("FCGIHOST_SHOW_TRACEBACKS") == "1", token, threads)
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     control.on_stop = worker.on_stop_command
     control.send("ready", pid=os.getpid(), app=spec, python=sys.executable,

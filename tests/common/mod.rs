@@ -1172,3 +1172,29 @@ pub fn raw_request(addr: SocketAddr, request: &[u8], head_request: bool) -> RawR
     c.send(request);
     c.read_response(head_request)
 }
+
+/// The status page at `path` as JSON (asserting a 200).
+pub fn status_page(host: &Host, path: &str) -> serde_json::Value {
+    let r = get(&host.url(path));
+    assert_eq!(r.status, 200, "status page: {}", r.text());
+    r.json()
+}
+
+/// Waits until the status page at `path` satisfies `pred`; panics with the last page if it
+/// never does.
+pub fn wait_status_page(
+    host: &Host,
+    path: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut doc = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            doc = status_page(host, path);
+            pred(&doc)
+        }),
+        "{what}: {doc:#}"
+    );
+    doc
+}

@@ -1233,6 +1233,52 @@ class LoadingTests(unittest.TestCase):
         self.assertEqual(client.get("/").body, b"Hello, world!")
 
 
+class ThreadedWorkerTests(unittest.TestCase):
+    """FCGIHOST_WORKER_THREADS=N: N serving threads, one connection each."""
+
+    def spawn(self):
+        worker = WorkerProcess(env={"FCGIHOST_WORKER_THREADS": "2"})
+        self.addCleanup(worker.stop)
+        worker.wait_ready()
+        return worker
+
+    def test_get_values_reports_the_threads(self):
+        client = self.spawn().client()
+        client.send(record(GET_VALUES, 0, encode_pairs(
+            [("FCGI_MAX_CONNS", ""), ("FCGI_MAX_REQS", ""), ("FCGI_MPXS_CONNS", "")])))
+        self.assertEqual(decode_pairs(client.read_record()[2]),
+                         {"FCGI_MAX_CONNS": "2", "FCGI_MAX_REQS": "2", "FCGI_MPXS_CONNS": "0"})
+
+    def test_a_second_connection_is_served_while_the_first_waits_for_its_body(self):
+        worker = self.spawn()
+        first = worker.client()
+        first.send(request_bytes(cgi_params("/echo", "POST", body_len=6), b"", end_stdin=False))
+        first.send(record(STDIN, 1, b"abc"))
+        second = worker.client()
+        resp = second.request(cgi_params("/environ_app"))
+        self.assertIs(json.loads(resp.body)["wsgi.multithread"], True)
+        first.send(record(STDIN, 1, b"def") + record(STDIN, 1))
+        self.assertEqual(first.response().body, b"abcdef")
+
+    def test_sigterm_waits_for_every_request_in_progress(self):
+        worker = self.spawn()
+        first, second = worker.client(), worker.client()
+        params = cgi_params("/waiting_in_marker_function", "POST", body_len=2)
+        for client in (first, second):
+            client.send(request_bytes(params, b"", end_stdin=False))
+        # Both requests run (the app wrote its marker twice) before SIGTERM comes.
+        worker.wait_stderr("marker-function-start\nmarker-function-start\n")
+        first.send(record(STDIN, 1, b"a"))
+        second.send(record(STDIN, 1, b"b"))
+        worker.proc.send_signal(signal.SIGTERM)
+        first.send(record(STDIN, 1, b"1") + record(STDIN, 1))
+        self.assertEqual(first.response().body, b"a1")
+        self.assertIsNone(worker.proc.poll(), "exited with a request still running")
+        second.send(record(STDIN, 1, b"2") + record(STDIN, 1))
+        self.assertEqual(second.response().body, b"b2")
+        self.assertEqual(worker.proc.wait(2), 0)
+
+
 class ProcessTests(unittest.TestCase):
     """Control channel and signals."""
 

@@ -2,11 +2,55 @@
 
 Routes: a Jinja page, an HTML form (GET shows it, POST reads request.form), a multipart file
 upload, a plain cookie set/read, a signed session counter, a redirect, and a JSON API.
+
+For ``--threads`` (tests/threads.rs): ``/threads/echo`` (a Flask view) and
+``/threads/write`` (a raw WSGI view using the ``write()`` callable) each wait at a barrier
+of ``?parties=N`` requests before they read their body, so they only answer when N of them
+run at once in one process (a barrier that breaks after 30 s answers 500).
 """
+
+import os
+import threading
 
 from flask import Flask, jsonify, make_response, redirect, render_template_string, request, session, url_for
 
 app = Flask(__name__)
+_barriers = {}
+_barriers_lock = threading.Lock()
+
+
+def _meet(name, parties):
+    """Waits until ``parties`` requests of the kind ``name`` are here at once."""
+    with _barriers_lock:
+        barrier = _barriers.get((name, parties))
+        if barrier is None:
+            barrier = _barriers[(name, parties)] = threading.Barrier(parties, timeout=30)
+    barrier.wait()
+
+
+class _WriteEcho:
+    """``/threads/write``: streams the request body back through start_response's
+    ``write()`` in 8 KiB pieces, after the barrier; other paths go to Flask."""
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") != "/threads/write":
+            return self.wsgi_app(environ, start_response)
+        parties = int(environ.get("QUERY_STRING", "parties=1").split("=")[-1])
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        _meet("write", parties)
+        stream = environ["wsgi.input"]
+        while True:
+            chunk = stream.read(8192)
+            if not chunk:
+                break
+            write(chunk)
+        return []
+
+
+app.wsgi_app = _WriteEcho(app.wsgi_app)
 app.secret_key = "fcgihost-test-secret-not-for-production"
 
 PAGE = """<!doctype html>
@@ -81,3 +125,12 @@ def api_items():
 @app.route("/api/items/<int:item_id>", methods=["GET", "PUT", "DELETE"])
 def api_item(item_id):
     return jsonify(id=item_id, method=request.method, json=request.get_json(silent=True))
+
+
+@app.route("/threads/echo", methods=["POST"])
+def threads_echo():
+    _meet("echo", int(request.args.get("parties", "1")))
+    return jsonify(tag=request.args.get("tag"), body=request.get_data(as_text=True),
+                   path=request.environ["PATH_INFO"], pid=os.getpid(),
+                   thread=threading.get_ident(),
+                   multithread=request.environ["wsgi.multithread"])
