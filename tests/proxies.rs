@@ -16,7 +16,7 @@ mod common;
 use std::process::Command;
 
 use common::dap::DapClient;
-use common::fronts::{adapt, doc_block, fastcgi_addr, Apache, Lighttpd, Nginx};
+use common::fronts::{adapt, doc_block, doc_line, fastcgi_addr, Apache, Lighttpd, Nginx};
 use common::{
     agent, app_dir, cookie_header, form_encode, pattern_buf, python, raw_request, request,
     request_with, require_python_module, Host, HostOpts, PATTERN_PERIOD,
@@ -320,10 +320,7 @@ fn apache_proxy_fcgi_recipe_as_documented() {
     let door = fastcgi_addr(&host);
     let heading = "## `mod_proxy_fcgi`";
     let block = doc_block("apache.md", heading, "apache");
-    let enable = doc_text_lines("apache.md")
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("a2enmod ").map(str::to_string))
-        .expect("an `a2enmod` line in docs/apache.md");
+    let enable = doc_line("apache.md", heading, "a2enmod ");
     let modules: Vec<&str> = enable.split_whitespace().collect();
     let upstream = host.addr();
     let apache = Apache::start(&modules, |port| {
@@ -343,6 +340,31 @@ fn apache_proxy_fcgi_recipe_as_documented() {
             &conf,
             "http://127.0.0.1:8000/ptvsd",
             &format!("http://{upstream}/ptvsd"),
+            1,
+        )
+    });
+    check_recipe(apache.port, true);
+}
+
+#[test]
+fn apache_proxy_http_recipe_as_documented() {
+    let host = django_site(true);
+    let heading = "## `mod_proxy_http` only";
+    let block = doc_block("apache.md", heading, "apache");
+    let enable = doc_line("apache.md", heading, "a2enmod ");
+    let modules: Vec<&str> = enable.split_whitespace().collect();
+    let upstream = host.addr();
+    let apache = Apache::start(&modules, |port| {
+        let conf = adapt(
+            &block,
+            "<VirtualHost *:80>",
+            &format!("<VirtualHost 127.0.0.1:{port}>"),
+            1,
+        );
+        adapt(
+            &conf,
+            "http://127.0.0.1:8000/",
+            &format!("http://{upstream}/"),
             1,
         )
     });
@@ -374,13 +396,4 @@ fn lighttpd_mod_fastcgi_recipe_as_documented() {
     );
     let lighttpd = Lighttpd::start(&conf);
     check_recipe(lighttpd.port, true);
-}
-
-/// The lines of `docs/<doc>`.
-fn doc_text_lines(doc: &str) -> Vec<String> {
-    std::fs::read_to_string(common::repo_root().join("docs").join(doc))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }

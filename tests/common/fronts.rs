@@ -57,6 +57,19 @@ pub fn doc_block(doc: &str, heading: &str, lang: &str) -> String {
     block.join("\n") + "\n"
 }
 
+/// The first line after the line starting with `heading` in `docs/<doc>` that starts with
+/// `prefix` (leading blanks ignored), without the prefix.
+pub fn doc_line(doc: &str, heading: &str, prefix: &str) -> String {
+    let path = repo_root().join("docs").join(doc);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .skip_while(|l| !l.starts_with(heading))
+        .find_map(|l| l.trim_start().strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("docs/{doc} has no {prefix:?} line after {heading:?}"))
+        .to_string()
+}
+
 /// `text` with `from` replaced by `to`; panics when `from` is not in it exactly `count`
 /// times (the doc changed: the test must be told what to adapt).
 pub fn adapt(text: &str, from: &str, to: &str, count: usize) -> String {
