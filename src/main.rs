@@ -385,7 +385,7 @@ fn main() -> ExitCode {
         loaded.config.log.file.as_deref(),
         loaded.config.log.access_file.as_ref(),
     ) {
-        eprintln!("fcgihost: cannot open the log file: {err}");
+        eprintln!("fcgihost: {}", log_file_error(&loaded, &err));
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -412,6 +412,39 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Which log file could not be opened (the main log, else the access log), where its
+/// path was set, and why; a missing folder is said so.
+fn log_file_error(loaded: &config::Loaded, err: &std::io::Error) -> String {
+    let log = &loaded.config.log;
+    let access = match &log.access_file {
+        Some(config::LogTarget::File(path)) => Some(path.as_path()),
+        _ => None,
+    };
+    let unopenable = |path: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .is_err()
+    };
+    let (path, key) = match (log.file.as_deref(), access) {
+        (Some(file), _) if unopenable(file) => (file, "log.file"),
+        (_, Some(file)) => (file, "log.access_file"),
+        (Some(file), None) => (file, "log.file"),
+        (None, None) => return format!("cannot open the log file: {err}"),
+    };
+    let hint = if err.kind() == std::io::ErrorKind::NotFound {
+        " (does its folder exist?)"
+    } else {
+        ""
+    };
+    format!(
+        "cannot open the log file {} (set by {}): {err}{hint}",
+        path.display(),
+        loaded.origin(key)
+    )
 }
 
 /// `fcgihost reload`: finds the running host from the same config and asks it to reload.

@@ -364,6 +364,42 @@ pub struct Loaded {
     pub web_config: Option<PathBuf>,
 }
 
+impl Loaded {
+    /// Where the effective value of `key` (a dotted key of [`Setting`]) came from, as the
+    /// user would look for it: `WSGI_LOG in C:\site\web.config`, `log.file in fcgihost.toml`,
+    /// `environment variable WSGI_LOG`, `the command line`, `the default`.
+    pub fn origin(&self, key: &str) -> String {
+        let source = self
+            .sources
+            .iter()
+            .find(|s| s.key == key)
+            .map(|s| &s.source);
+        match source {
+            Some(Source::WebConfig(path)) => {
+                let name = WEB_CONFIG_KEYS
+                    .iter()
+                    .find(|(dotted, _)| *dotted == key)
+                    .map_or(key, |(_, name)| *name);
+                format!("{name} in {}", path.display())
+            }
+            Some(Source::File(path)) => format!("{key} in {}", path.display()),
+            Some(Source::Env(var)) => format!("environment variable {var}"),
+            Some(Source::Cli) => "the command line".into(),
+            Some(Source::Default) | None => format!("the default of {key}"),
+        }
+    }
+}
+
+/// The web.config `<appSettings>` names (wfastcgi's) of the settings read from there.
+const WEB_CONFIG_KEYS: &[(&str, &str)] = &[
+    ("app", "WSGI_HANDLER"),
+    ("pythonpath", "PYTHONPATH"),
+    ("log.file", "WSGI_LOG"),
+    ("restart_file_regex", "WSGI_RESTART_FILE_REGEX"),
+    ("debug.secret", "WSGI_PTVSD_SECRET"),
+    ("script_name", "SCRIPT_NAME"),
+];
+
 /// One effective setting as `fcgihost check` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Setting {

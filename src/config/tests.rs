@@ -223,6 +223,13 @@ fn env_layer_beats_webconfig_and_fcgihost_names_beat_wsgi_names() {
     assert_eq!(l.config.app.as_deref(), Some("app.fcgihost_env"));
     assert_eq!(l.config.log.file, Some(dir.path().join("env.log")));
     assert_eq!(source_of(&l, "log.file"), &Source::Env("WSGI_LOG".into()));
+    assert_eq!(l.origin("log.file"), "environment variable WSGI_LOG");
+    let from_web = load_in(&dir, &CliOverrides::default(), &[]);
+    assert_eq!(
+        from_web.origin("log.file"),
+        format!("WSGI_LOG in {}", dir.path().join("web.config").display())
+    );
+    assert_eq!(from_web.origin("workers"), "the default of workers");
     assert_eq!(l.config.debug.secret, None, "empty env value turns it off");
     assert!(!l.config.debug_enabled());
 }

@@ -116,7 +116,8 @@ const FILE_NAMES: [&str; 3] = ["web.config", "Web.Debug.config", "Web.Release.co
 
 /// `fcgihost web-config`: renders the files with a fresh secret. Without `out`, prints
 /// web.config to `stdout`; with it, writes all three files into that directory (created if
-/// needed), refusing to overwrite existing ones unless `force`. Notes go to `stderr`.
+/// needed), refusing to overwrite existing ones unless `force`. Either way with CRLF line
+/// ends ([`crlf`]). Notes go to `stderr`.
 pub fn web_config_command(
     opts: &WebConfigOptions,
     out: Option<&Path>,
@@ -130,7 +131,7 @@ pub fn web_config_command(
     match out {
         None => {
             stdout
-                .write_all(rendered.web_config.as_bytes())
+                .write_all(crlf(&rendered.web_config).as_bytes())
                 .and_then(|()| stdout.flush())
                 .map_err(IisError::Output)?;
             notes.push(
@@ -159,7 +160,7 @@ pub fn web_config_command(
                 &rendered.web_release_config,
             ];
             for ((path, _), text) in targets.iter().zip(contents) {
-                std::fs::write(path, text).map_err(|source| IisError::Write {
+                std::fs::write(path, crlf(text)).map_err(|source| IisError::Write {
                     path: path.clone(),
                     source,
                 })?;
@@ -191,6 +192,22 @@ pub fn web_config_command(
         writeln!(stderr, "fcgihost web-config: {n}").map_err(IisError::Output)?;
     }
     Ok(())
+}
+
+/// `text` with Windows line ends (CRLF) throughout: web.config files live on Windows, where
+/// Notepad, Visual Studio's publish transforms and `git` with `core.autocrlf` expect them.
+/// The embedded templates keep LF in the repository; a CR already there is kept.
+pub fn crlf(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 32);
+    let mut previous = '\0';
+    for c in text.chars() {
+        if c == '\n' && previous != '\r' {
+            out.push('\r');
+        }
+        out.push(c);
+        previous = c;
+    }
+    out
 }
 
 /// `dir/name`, or the existing file in `dir` whose name differs from `name` only in letter
@@ -295,6 +312,30 @@ fn declare_utf8(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn web_config_files_get_crlf_line_ends() {
+        assert_eq!(crlf("a\nb\r\nc\n"), "a\r\nb\r\nc\r\n");
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WebConfigOptions::default();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        web_config_command(&opts, Some(dir.path()), false, &mut out, &mut err).unwrap();
+        for name in FILE_NAMES {
+            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            assert!(text.contains("\r\n"), "{name}");
+            assert_eq!(
+                text.matches('\n').count(),
+                text.matches("\r\n").count(),
+                "{name}"
+            );
+        }
+        web_config_command(&opts, None, false, &mut out, &mut err).unwrap();
+        let printed = String::from_utf8(out).unwrap();
+        assert_eq!(
+            printed.matches('\n').count(),
+            printed.matches("\r\n").count()
+        );
+    }
 
     #[test]
     fn utf16_declarations_become_utf8_for_printing() {

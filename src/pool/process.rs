@@ -88,7 +88,12 @@ pub async fn spawn(spec: &WorkerSpec, id: usize, socket_path: PathBuf) -> std::i
     let pending = transport::prepare(&mut cmd, socket_path, spec.speaks_control)?;
     contain(&mut cmd);
     let mut child = cmd.spawn()?;
-    adopt(&child);
+    if let Err(err) = adopt(&child) {
+        // A worker that could outlive the host is not started at all.
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(err);
+    }
     let pid = child.id().unwrap_or(0);
 
     if let Some(out) = child.stdout.take() {
@@ -305,12 +310,18 @@ fn contain(cmd: &mut Command) {
 }
 
 /// Ties a started worker's life to the host's: on Windows it joins the host's job object,
-/// which kills it when the host exits however that happens (Unix: see [`contain`]).
-fn adopt(child: &Child) {
+/// which kills it when the host exits however that happens (Unix: see [`contain`]). An
+/// error means the worker could outlive the host; the caller then stops it.
+fn adopt(child: &Child) -> std::io::Result<()> {
     #[cfg(unix)]
-    let _ = child;
+    {
+        let _ = child;
+        Ok(())
+    }
     #[cfg(windows)]
-    windows::adopt(child);
+    {
+        windows::adopt(child)
+    }
 }
 
 /// Sends a signal to a worker process (no-op if it is already gone). Unix only: portable
@@ -393,14 +404,16 @@ mod windows {
 
     /// The host's job object (kill on close), made on first use; its handle is never
     /// closed, so the system closes it when the host exits and the workers go with it.
-    fn job() -> Option<HANDLE> {
-        static JOB: OnceLock<Option<usize>> = OnceLock::new();
+    fn job() -> std::io::Result<HANDLE> {
+        static JOB: OnceLock<Result<usize, String>> = OnceLock::new();
         let job = JOB.get_or_init(|| {
             // SAFETY: no security attributes, no name: a fresh anonymous job object.
             let job = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
             if job.is_null() {
-                tracing::warn!(error = %std::io::Error::last_os_error(), "cannot create a job object; workers may outlive a killed host");
-                return None;
+                return Err(format!(
+                    "cannot create the host's job object: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
             let mut info = JOBOBJECT_EXTENDED_LIMIT_INFORMATION::default();
             info.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
@@ -414,24 +427,37 @@ mod windows {
                 )
             };
             if ok == 0 {
-                tracing::warn!(error = %std::io::Error::last_os_error(), "cannot set up the job object; workers may outlive a killed host");
+                let err = std::io::Error::last_os_error();
                 // SAFETY: the handle came from CreateJobObjectW and is not used again.
                 unsafe { CloseHandle(job) };
-                return None;
+                return Err(format!("cannot set up the host's job object: {err}"));
             }
-            Some(job as usize)
+            Ok(job as usize)
         });
-        job.map(|job| job as HANDLE)
+        match job {
+            Ok(job) => Ok(*job as HANDLE),
+            Err(message) => Err(std::io::Error::other(format!(
+                "{message}; workers are not started, since they could outlive the host"
+            ))),
+        }
     }
 
-    pub fn adopt(child: &Child) {
-        let (Some(job), Some(handle)) = (job(), child.raw_handle()) else {
-            return;
-        };
+    /// Puts a started worker into the host's job object; an error when it cannot be.
+    pub fn adopt(child: &Child) -> std::io::Result<()> {
+        let job = job()?;
+        let handle = child.raw_handle().ok_or_else(|| {
+            std::io::Error::other("the started worker has no process handle (it exited at once?)")
+        })?;
         // SAFETY: both handles are valid: the job lives as long as the host, and the
         // child's handle as long as `child`.
         if unsafe { AssignProcessToJobObject(job, handle as HANDLE) } == 0 {
-            tracing::warn!(pid = child.id(), error = %std::io::Error::last_os_error(), "cannot put the worker in the host's job object; it may outlive a killed host");
+            return Err(std::io::Error::other(format!(
+                "cannot put the worker (pid {}) into the host's job object, so it could \
+                 outlive the host; not starting it: {}",
+                child.id().unwrap_or(0),
+                std::io::Error::last_os_error()
+            )));
         }
+        Ok(())
     }
 }
