@@ -54,11 +54,13 @@ apt_mirror() {
     done
 }
 
-# One check at a time per chroot: they share its copy of the sources.
+# One check at a time per chroot: they share its copy of the sources. (Nothing started in
+# the chroot keeps the lock: those commands run with descriptor 9 closed.)
 if command -v flock >/dev/null; then
     exec 9>"${TMPDIR:-/tmp}/fcgihost-wincheck.lock"
     flock 9
 fi
+in_chroot() { run_root chroot "$root" "$@" 9>&-; }
 
 ca=${SSL_CERT_FILE:-${CURL_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}}
 [ -f "$ca" ] || ca=
@@ -94,7 +96,7 @@ if [ "$(cat "$stamp")" != "$packages" ]; then
         run_root mkdir -p "$root/etc/ssl/certs"
         run_root cp "$ca" "$root/etc/ssl/certs/ca-certificates.crt"
     fi
-    run_root chroot "$root" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive nice apt-get install -y -qq --no-install-recommends $packages >/dev/null"
+    in_chroot sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive nice apt-get install -y -qq --no-install-recommends $packages >/dev/null"
     printf '%s' "$packages" | run_root tee "$stamp" >/dev/null
 fi
 
@@ -114,7 +116,7 @@ tar -C "$repo" --exclude=./target --exclude=./fuzz/target --exclude=./.venv-test
 cargo_env="CARGO_HTTP_CAINFO=/etc/fcgihost-ca.crt RUSTC_BOOTSTRAP=1"
 build="cargo build --quiet --locked --release --target $target -Zbuild-std=std,panic_abort --target-dir /src/fcgihost/target"
 say "building fcgihost.exe and the test programs"
-run_root chroot "$root" sh -c "cd /src/fcgihost && $cargo_env nice $build --bin fcgihost \
+in_chroot sh -c "cd /src/fcgihost && $cargo_env nice $build --bin fcgihost \
     && $cargo_env nice $build --manifest-path tests/windows/Cargo.toml"
 say "built in $(( $(date +%s) - started )) s"
 
@@ -122,7 +124,16 @@ say "built in $(( $(date +%s) - started )) s"
 # "unix console"), and console control events (the suite's Ctrl-C) need a console. A
 # private devpts instance gives `script` its pseudo-terminal. Wine's prefix lives in the
 # chroot and is made once.
-trap 'run_root chroot "$root" env WINEPREFIX=/var/lib/fcgihost-wine wineserver -k >/dev/null 2>&1 || true; unmount_all' EXIT
+# On exit, end whatever still runs inside the chroot (Wine's server and services, a worker
+# a failed test left): processes whose root directory is the chroot, by pid.
+end_chroot_processes() {
+    local p
+    for p in /proc/[0-9]*; do
+        [ "$(run_root readlink "$p/root" 2>/dev/null)" = "$root" ] && run_root kill -9 "${p#/proc/}" 2>/dev/null
+    done
+    return 0
+}
+trap 'in_chroot env WINEPREFIX=/var/lib/fcgihost-wine wineserver -k >/dev/null 2>&1 || true; end_chroot_processes; unmount_all' EXIT
 unmount_all
 run_root mount -t proc proc "$root/proc"
 run_root mkdir -p "$root/dev/pts"
@@ -130,13 +141,13 @@ run_root mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$root/dev
 wine_env="WINEPREFIX=/var/lib/fcgihost-wine WINEDEBUG=-all WINEDLLOVERRIDES=mscoree,mshtml="
 if [ ! -d "$root/var/lib/fcgihost-wine/drive_c" ]; then
     say "making the Wine prefix (first run only)"
-    run_root chroot "$root" sh -c "env $wine_env wineboot -i >/dev/null 2>&1"
+    in_chroot sh -c "env $wine_env wineboot -i >/dev/null 2>&1"
 fi
-say "running the Windows suite under $(run_root chroot "$root" wine --version 2>/dev/null)"
+say "running the Windows suite under $(in_chroot wine --version 2>/dev/null)"
 # The suite's report goes to a file (the terminal would add its escape sequences) and
 # is printed after; its last line is `N passed, M failed`.
 status=0
-run_root chroot "$root" sh -c "cd /src/fcgihost/target/$target/release && rm -f winsuite.out && env $wine_env TERM=dumb \
+in_chroot sh -c "cd /src/fcgihost/target/$target/release && rm -f winsuite.out && env $wine_env TERM=dumb \
     timeout 900 script -qec 'wine winsuite.exe fcgihost.exe winworker.exe >winsuite.out 2>&1' /dev/null \
     </dev/null >/dev/null 2>&1" || status=$?
 run_root cat "$root/src/fcgihost/target/$target/release/winsuite.out" || status=1

@@ -12,6 +12,8 @@
 //!   as `{"event":"listening","port":N}`, before anything else. Every FastCGI connection the
 //!   host opens starts with the same token line, so other local users cannot talk to the
 //!   worker. A custom `worker.command` must do the same on Windows.
+//!
+//! The whole protocol, for both platforms, is docs/worker-protocol.md.
 
 #[cfg(unix)]
 pub use self::unix::*;

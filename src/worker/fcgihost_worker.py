@@ -4,77 +4,12 @@ fcgihost (a Rust binary) starts several copies of this file, one process each, a
 them HTTP requests over FastCGI. The file is embedded in the binary and written to a private
 directory when the host starts. It uses only the standard library and runs on Python >= 3.9.
 
-Process interface
------------------
-* fd 0 is a *listening* stream socket (FastCGI's FCGI_LISTENSOCK_FILENO, a Unix socket).
-  The worker accepts one connection at a time and serves it until the host closes it.
-  With FCGIHOST_WORKER_THREADS=N (N > 1) it runs N serving threads, each accepting and
-  serving one connection at a time: up to N requests at once, one per connection (the
-  host opens one connection per thread; no multiplexing), ``wsgi.multithread`` true.
-  (fd 0 is then pointed at /dev/null so that the app and its children never see it.)
-* fd $FCGIHOST_CONTROL_FD (3) is a connected socket carrying JSON objects, one per line.
-  Worker -> host: ``debug_listening`` {port}, ``ready`` {pid, app, python, version},
-  ``app_error`` {traceback} (then exit 3), ``debugpy_missing`` {python, install} (then
-  exit 4), ``stacks`` {text}. Host -> worker: ``{"cmd": "dump_stacks"}``, and
-  ``{"cmd": "stop"}``, which means what SIGTERM means (below; the Windows host sends it).
-  EOF on this fd means the host is gone: a daemon thread then calls os._exit(1), so a
-  worker is never orphaned. Without FCGIHOST_CONTROL_FD (run by hand) nothing is sent.
-* Windows (no descriptors to inherit), chosen by FCGIHOST_CONTROL_ADDR (``127.0.0.1:N``):
-  the worker connects there and sends FCGIHOST_CONTROL_TOKEN and a newline first; that
-  connection is the control channel. It binds its own listener on 127.0.0.1 (port 0)
-  and reports it as its first event, ``listening`` {port}. Every FastCGI connection must
-  start with the same token line, else it is closed unanswered. fd 0 is not used.
-* stdout and stderr are piped to the host, which logs them line by line; wsgi.errors is
-  sys.stderr, and unhandled app errors are logged there with their traceback. Every line
-  written while a ``logging`` record is being handled (or a ``warnings`` warning shown, or
-  the worker reports an error of its own) starts with ``\x1f<levelno>\x1f`` (``\x1f40\x1f``
-  for ERROR): the host logs it at that level. Lines without the mark (a bare ``print``)
-  are logged at INFO. See LevelTaggedStream.
-* SIGINT is ignored (the host handles Ctrl-C and drains). SIGTERM: exit 0 at once when
-  idle, or right after the requests in progress (the app's atexit handlers run; its
-  non-daemon threads are not waited for). Before ``ready`` is sent, SIGTERM has its
-  default action (the process dies of the signal).
-* Environment: FCGIHOST_APP (``pkg.mod.app``, ``pkg.mod.create_app()``, ``pkg.mod:app``,
-  ``pkg.mod:create_app()``), FCGIHOST_APP_DIR (chdir there, first on sys.path),
-  FCGIHOST_PYTHONPATH (os.pathsep-separated, appended to sys.path), FCGIHOST_DEBUG=1
-  (start debugpy before importing the app), FCGIHOST_WELCOME=1 (no app configured: serve
-  the built-in welcome page), FCGIHOST_SHOW_TRACEBACKS=1 (tracebacks in 500 bodies for
-  every client, not just loopback ones).
-* Exit status: 0 after SIGTERM (or ``stop``), 1 when the host went away (control fd
-  EOF), 2 when fd 0 is not a listening socket (Windows: the host cannot be reached), 3
-  when the app cannot be loaded, 4 when debugging was asked for but debugpy is not
-  installed.
-
-FastCGI (responder role, one request at a time per connection, no multiplexing)
------------------------------------------------------------------
-Every record is an 8-byte header (version 1, type, request id, content length, padding
-length, reserved) followed by the content and the padding. For a request the host sends
-BEGIN_REQUEST (role, flags), PARAMS records (CGI meta-variables as name-value pairs)
-closed by an empty PARAMS, and STDIN records (the body) closed by an empty STDIN. The
-worker answers STDOUT records carrying a CGI response (``Status: 200 OK``, headers, blank
-line, body), an empty STDOUT and END_REQUEST. Details the host can rely on:
-
-* FCGI_KEEP_CONN keeps the connection open after END_REQUEST; without it the worker
-  closes the connection.
-* A role other than RESPONDER is refused with END_REQUEST(protocol status UNKNOWN_ROLE).
-* GET_VALUES (request id 0) is answered at any time with the asked ones of
-  FCGI_MAX_CONNS=N, FCGI_MAX_REQS=N (N serving threads), FCGI_MPXS_CONNS=0. Unknown record types get
-  UNKNOWN_TYPE.
-* The body is read lazily, as the app reads wsgi.input. Records of other request ids that
-  arrive meanwhile (a pipelined next request) are kept and served, in order, afterwards.
-  When the app returns without reading its whole body, the rest of that body is read and
-  discarded (after END_REQUEST was sent), until its empty STDIN, or an ABORT_REQUEST or a
-  new BEGIN_REQUEST with that request id.
-* ABORT_REQUEST: while the app reads its body, the read raises RequestAborted (an
-  OSError); while a response is being streamed, the rest of the output is dropped and the
-  app's iterable closed. Either way the worker then sends END_REQUEST(app status 0) and
-  no more STDOUT.
-* App error before the response head was sent: ``Status: 500 Internal Server Error``
-  with a text/plain body (END_REQUEST app status 0); the body holds the traceback only
-  for loopback clients (REMOTE_ADDR) or with FCGIHOST_SHOW_TRACEBACKS=1. App error after
-  the head was sent: empty STDOUT, then END_REQUEST with app status 1 (the response is
-  truncated; the host must cut the client connection rather than reuse it).
-* Padding is accepted on input; output records carry none.
+The protocol it speaks with the host -- start-up environment, the two channels (Unix:
+the listening socket on fd 0 and the control socket on fd 3; Windows: loopback TCP with a
+token), serving threads, control events and commands, level-tagged output lines, signals,
+exit statuses, and the FastCGI details the host relies on -- is written down once, in
+docs/worker-protocol.md. The Windows test stand-in (tests/windows/src/bin/winworker.rs)
+follows the same text; change the three together.
 """
 
 import hmac

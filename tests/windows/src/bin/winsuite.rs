@@ -6,14 +6,13 @@
 //! Every test checks what a Windows user would see: exit codes, files, HTTP answers, the
 //! process list. Waits are for events (a log line, a file, a process ending), each bounded.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use fcgihost_wintest::fcgi;
 use fcgihost_wintest::http::{self, Response};
 use fcgihost_wintest::win;
 
@@ -198,6 +197,23 @@ impl Drop for Host {
             }
         }
     }
+}
+
+/// `fcgihost serve` on a free loopback port with `workers` workers (all ready) and
+/// `extra` arguments.
+fn http_host(dir: &Path, workers: usize, extra: &[&str]) -> Result<Host, String> {
+    let count = workers.to_string();
+    let mut args = vec!["-l", "127.0.0.1:0", "-w", count.as_str()];
+    args.extend_from_slice(extra);
+    Host::start(
+        dir,
+        HostOpts {
+            args,
+            workers,
+            http: true,
+            ..HostOpts::default()
+        },
+    )
 }
 
 /// A request sent on a thread, answered later.
@@ -577,15 +593,7 @@ fn serve_on_http_platform_port() -> Outcome {
 
 fn streamed_response_arrives_whole() -> Outcome {
     let dir = scratch("stream");
-    let host = Host::start(
-        &dir,
-        HostOpts {
-            args: vec!["-l", "127.0.0.1:0"],
-            workers: 1,
-            http: true,
-            ..HostOpts::default()
-        },
-    )?;
+    let host = http_host(&dir, 1, &[])?;
     let r = host.get("/stream?n=5&ms=20")?;
     ensure!(r.status == 200, "status {}", r.status);
     ensure!(
@@ -598,15 +606,7 @@ fn streamed_response_arrives_whole() -> Outcome {
 
 fn app_traceback_is_logged() -> Outcome {
     let dir = scratch("traceback");
-    let host = Host::start(
-        &dir,
-        HostOpts {
-            args: vec!["-l", "127.0.0.1:0"],
-            workers: 1,
-            http: true,
-            ..HostOpts::default()
-        },
-    )?;
+    let host = http_host(&dir, 1, &[])?;
     let r = host.get("/error")?;
     ensure!(r.status == 500, "status {}", r.status);
     wait_for(
@@ -623,15 +623,7 @@ fn app_traceback_is_logged() -> Outcome {
 
 fn terminated_worker_costs_only_its_request() -> Outcome {
     let dir = scratch("kill-worker");
-    let host = Host::start(
-        &dir,
-        HostOpts {
-            args: vec!["-l", "127.0.0.1:0", "-w", "2"],
-            workers: 2,
-            http: true,
-            ..HostOpts::default()
-        },
-    )?;
+    let host = http_host(&dir, 2, &[])?;
     let pidfile = dir.join("held.pid");
     let held = background(
         host.addr(),
@@ -658,15 +650,7 @@ fn terminated_worker_costs_only_its_request() -> Outcome {
 
 fn stuck_request_times_out_with_504() -> Outcome {
     let dir = scratch("stuck");
-    let host = Host::start(
-        &dir,
-        HostOpts {
-            args: vec!["-l", "127.0.0.1:0", "-w", "1", "--request-timeout", "2s"],
-            workers: 1,
-            http: true,
-            ..HostOpts::default()
-        },
-    )?;
+    let host = http_host(&dir, 1, &["--request-timeout", "2s"])?;
     let pidfile = dir.join("stuck.pid");
     let started = Instant::now();
     let stuck = background(
@@ -706,15 +690,7 @@ fn stuck_request_times_out_with_504() -> Outcome {
 /// handlers (the receiving processes just end), so it cannot be tested here.
 fn ctrl_c_drains_and_leaves_no_worker() -> Outcome {
     let dir = scratch("ctrl-c");
-    let mut host = Host::start(
-        &dir,
-        HostOpts {
-            args: vec!["-l", "127.0.0.1:0", "-w", "2"],
-            workers: 2,
-            http: true,
-            ..HostOpts::default()
-        },
-    )?;
+    let mut host = http_host(&dir, 2, &[])?;
     let workers = host.workers();
     ensure!(workers.len() == 2, "workers before Ctrl-C: {workers:?}");
     let pidfile = dir.join("inflight.pid");
@@ -754,15 +730,7 @@ fn ctrl_c_drains_and_leaves_no_worker() -> Outcome {
 
 fn terminated_host_takes_its_workers() -> Outcome {
     let dir = scratch("kill-host");
-    let mut host = Host::start(
-        &dir,
-        HostOpts {
-            args: vec!["-l", "127.0.0.1:0", "-w", "2"],
-            workers: 2,
-            http: true,
-            ..HostOpts::default()
-        },
-    )?;
+    let mut host = http_host(&dir, 2, &[])?;
     let workers = host.workers();
     ensure!(win::terminate(host.pid()), "TerminateProcess(host) failed");
     host.wait_exit(Duration::from_secs(10))?;
@@ -827,15 +795,7 @@ fn ptvsd_refuses_without_the_secret() -> Outcome {
 fn py_change_restarts_workers() -> Outcome {
     let dir = scratch("restart");
     std::fs::write(dir.join("app.py"), "application = None\n").map_err(|e| e.to_string())?;
-    let host = Host::start(
-        &dir,
-        HostOpts {
-            args: vec!["-l", "127.0.0.1:0", "-w", "2", "--app-dir", "."],
-            workers: 2,
-            http: true,
-            ..HostOpts::default()
-        },
-    )?;
+    let host = http_host(&dir, 2, &["--app-dir", "."])?;
     let before = host.workers();
     std::fs::write(dir.join("app.py"), "application = 'changed'\n").map_err(|e| e.to_string())?;
     wait_for(

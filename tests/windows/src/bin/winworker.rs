@@ -409,7 +409,10 @@ fn respond(write: &mut TcpStream, id: u16, request: &Pending) -> std::io::Result
             write.write_all(&out)
         }
         "/error" => {
-            eprint!("{REQUEST_TRACEBACK}");
+            // Logged at ERROR, as the Python worker marks an app's traceback.
+            for line in REQUEST_TRACEBACK.lines() {
+                eprintln!("\x1f40\x1f{line}");
+            }
             send(
                 write,
                 "500 Internal Server Error",
