@@ -141,16 +141,22 @@ fn one_thread_streams_a_body_in_while_another_streams_a_response_out() {
             .is_some_and(|r| r.iter().any(|c| c["path"] == "/upload"))
     });
 
-    // A 4 MiB download starts on the other thread; its body cannot all fit in the
-    // sockets, so it is still streaming while the upload goes on.
-    let download_size: usize = 4 << 20;
+    // A streamed response starts on the other thread and stays open (the app waits for a
+    // file the test writes only after the upload is done).
+    let resume = host.dir().join("resume");
     let mut download = RawConn::connect(host.addr());
-    download
-        .send(format!("GET /download?size={download_size} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-    let head = download.read_head().expect("download head");
+    download.send(
+        format!(
+            "GET /stream?wait_for={} HTTP/1.1\r\nHost: t\r\n\r\n",
+            resume.display()
+        )
+        .as_bytes(),
+    );
+    let head = download.read_head().expect("stream head");
     assert_eq!(head.status, 200);
-    let doc = status(&host);
-    assert_eq!(doc["workers"][0]["busy_threads"], 2, "{doc:#}");
+    wait_status(&host, "both requests run", |doc| {
+        doc["workers"][0]["busy_threads"] == 2
+    });
 
     let mut sent = piece.len();
     let mut crc = Crc32::new();
@@ -167,9 +173,13 @@ fn one_thread_streams_a_body_in_while_another_streams_a_response_out() {
     assert_eq!(doc["bytes"], total);
     assert_eq!(doc["crc32"], u64::from(crc.finish()));
 
+    std::fs::write(&resume, b"").unwrap();
     let down = download.read_body(&head, false);
-    assert!(down.complete, "download cut short");
-    assert_eq!(down.body.len(), download_size);
+    assert!(down.complete, "stream cut short");
+    assert_eq!(
+        String::from_utf8_lossy(&down.body),
+        "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n"
+    );
 }
 
 #[test]
