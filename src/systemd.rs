@@ -185,6 +185,7 @@ fn take_listen_fds() -> Vec<(String, OwnedFd)> {
 
 /// The names of `count` descriptors from `LISTEN_FDNAMES` (`:`-separated); missing ones
 /// and systemd's placeholder `unknown` are `""`.
+#[cfg(unix)]
 fn parse_names(names: Option<&str>, count: usize) -> Vec<String> {
     let mut given = names.unwrap_or("").split(':');
     (0..count)
@@ -219,6 +220,7 @@ pub fn assign(names: &[&str]) -> (Option<usize>, Vec<usize>, Vec<usize>) {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     #[test]
     fn names_pad_and_drop_the_unknown_placeholder() {
         assert_eq!(parse_names(Some("http:fastcgi"), 2), ["http", "fastcgi"]);

@@ -1257,3 +1257,88 @@ fn pipeline_settings_load_with_defaults_and_bounds() {
         "environment variable FCGIHOST_PIPELINE_DEPTH: must be at most 8 (got 12)"
     );
 }
+
+fn with_sets(sets: &[&str]) -> CliOverrides {
+    CliOverrides {
+        settings: sets
+            .iter()
+            .map(|s| CliSetting::parse_set(s).expect("key=value"))
+            .collect(),
+        ..CliOverrides::default()
+    }
+}
+
+#[test]
+fn set_values_read_as_toml_when_they_are_one_and_as_text_otherwise() {
+    let dir = TempDir::new();
+    let loaded = load_in(
+        &dir,
+        &with_sets(&[
+            "workers=3",
+            "request_timeout=90s",
+            "listen=0.0.0.0:8001",
+            "worker.command=[\"flup-app\", \"--x\"]",
+            "worker.env.NAME=a.b=c",
+            "log.access=false",
+            "health_path=",
+        ]),
+        &[],
+    );
+    let c = &loaded.config;
+    assert_eq!(c.workers, 3);
+    assert_eq!(c.request_timeout, Some(Duration::from_secs(90)));
+    assert_eq!(c.listen, addr("0.0.0.0:8001"));
+    assert_eq!(
+        c.worker.command,
+        Some(vec!["flup-app".to_string(), "--x".to_string()])
+    );
+    assert_eq!(c.worker.env.get("NAME").map(String::as_str), Some("a.b=c"));
+    assert!(!c.log.access);
+    assert_eq!(c.health_path, None);
+    assert_eq!(source_of(&loaded, "workers"), &Source::Cli);
+}
+
+#[test]
+fn a_later_set_wins_a_dedicated_flag_wins_over_set_and_set_beats_env_and_file() {
+    let dir = TempDir::new();
+    std::fs::write(dir.path().join("fcgihost.toml"), "max_queue = 5\n").unwrap();
+    let mut cli = with_sets(&["workers=2", "workers=4", "max_queue=9"]);
+    let loaded = load_in(&dir, &cli, &[("FCGIHOST_MAX_QUEUE", "7")]);
+    assert_eq!(loaded.config.workers, 4);
+    assert_eq!(loaded.config.max_queue, 9);
+    cli.workers = Some(6);
+    assert_eq!(load_in(&dir, &cli, &[]).config.workers, 6);
+}
+
+#[test]
+fn set_errors_name_the_argument_and_keep_the_files_message() {
+    let dir = TempDir::new();
+    assert_eq!(
+        load_err(&dir, &with_sets(&["wokers=4"]), &[]),
+        "command line --set wokers=4: unknown key `wokers` (did you mean `workers`?)"
+    );
+    assert_eq!(
+        load_err(&dir, &with_sets(&["debug.max_paws=1m"]), &[]),
+        "command line --set debug.max_paws=1m: unknown key `max_paws` in [debug] (did you mean `max_pause`?)"
+    );
+    assert!(CliSetting::parse_set("workers").is_err());
+    assert!(CliSetting::worker_env("NAME").is_err());
+    assert!(CliSetting::worker_env("=x").is_err());
+}
+
+#[test]
+fn instance_id_from_website_instance_id_then_config_then_host_name() {
+    let dir = TempDir::new();
+    let cli = with_sets(&["instance_id=from-config"]);
+    let loaded = load_in(&dir, &cli, &[("WEBSITE_INSTANCE_ID", "abc123")]);
+    assert_eq!(loaded.config.instance_id, "abc123");
+    assert_eq!(
+        source_of(&loaded, "instance_id"),
+        &Source::Env("WEBSITE_INSTANCE_ID".into())
+    );
+    assert_eq!(load_in(&dir, &cli, &[]).config.instance_id, "from-config");
+    let by_host = load_in(&dir, &CliOverrides::default(), &[]);
+    assert!(!by_host.config.instance_id.is_empty());
+    assert_eq!(source_of(&by_host, "instance_id"), &Source::Default);
+    assert!(load_err(&dir, &with_sets(&["instance_id=a;b"]), &[]).contains("invalid instance id"));
+}
