@@ -48,16 +48,34 @@ WORKLOADS = [
     ("sleep 10 ms", "plain", "/sleep", "report.lua"),
     ("Flask template", "flaskapp", "/flask", "report.lua"),
 ]
-SERVERS = ["fcgihost", "gunicorn", "granian", "nginx-flup", "uwsgi"]
+SERVERS = ["fcgihost", "fcgihost-prev", "fcgihost-t16", "fcgihost-t4", "gunicorn",
+           "gunicorn-gthread", "granian", "nginx-flup", "uwsgi"]
+# Variants run only the workloads they are there for (issue 16): threads on the waiting
+# view and the Flask page, gunicorn's gthread beside them, and the previous commit's binary
+# (BENCH_PREV_BIN) on hello, to check that --threads 1 costs nothing.
+VARIANT_WORKLOADS = {
+    "fcgihost-prev": {"hello"},
+    "fcgihost-t16": {"sleep 10 ms"},
+    "fcgihost-t4": {"Flask template"},
+    "gunicorn-gthread": {"sleep 10 ms"},
+}
 LABELS = {
     "fcgihost": "fcgihost",
+    "fcgihost-prev": "fcgihost, previous commit",
+    "fcgihost-t16": "fcgihost --threads 16",
+    "fcgihost-t4": "fcgihost --threads 4",
     "gunicorn": "gunicorn (sync)",
+    "gunicorn-gthread": "gunicorn gthread --threads 16",
     "granian": "Granian",
     "nginx-flup": "nginx → flup",
     "uwsgi": "uWSGI",
 }
 COLORS = {
     "fcgihost": "#d9480f",
+    "fcgihost-prev": "#f08c00",
+    "fcgihost-t16": "#e8590c",
+    "fcgihost-t4": "#e8590c",
+    "gunicorn-gthread": "#4dabf7",
     "gunicorn": "#1c7ed6",
     "granian": "#37b24d",
     "nginx-flup": "#7048e8",
@@ -294,13 +312,33 @@ class Server:
 
 class Fcgihost(Server):
     name = "fcgihost"
+    binary = HOST_BIN
+    extra = []
 
     def start(self):
+        if not os.access(self.binary, os.X_OK):
+            raise RuntimeError("no binary at %r (BENCH_PREV_BIN)" % self.binary)
         self.procs.append(spawn(
-            [HOST_BIN, "serve", "--app", self.module + ":app", "--app-dir", APPS,
+            [self.binary, "serve", "--app", self.module + ":app", "--app-dir", APPS,
              "--workers", "2", "--listen", "127.0.0.1:%d" % self.port, "--log-level", "warn",
-             "--python", VENV_PY],
+             "--python", VENV_PY] + self.extra,
             self.log_path, self.workdir, clean_env()))
+
+
+class FcgihostPrev(Fcgihost):
+    """The binary of the commit before, for a same-run comparison (BENCH_PREV_BIN)."""
+    name = "fcgihost-prev"
+    binary = os.environ.get("BENCH_PREV_BIN", "")
+
+
+class FcgihostThreads16(Fcgihost):
+    name = "fcgihost-t16"
+    extra = ["--threads", "16"]
+
+
+class FcgihostThreads4(Fcgihost):
+    name = "fcgihost-t4"
+    extra = ["--threads", "4"]
 
 
 class Gunicorn(Server):
@@ -311,6 +349,17 @@ class Gunicorn(Server):
             [os.path.join(VENV, "bin", "gunicorn"), "-w", "2", "-b",
              "127.0.0.1:%d" % self.port, "--chdir", APPS, "--log-level", "warning",
              self.module + ":app"],
+            self.log_path, self.workdir, clean_env()))
+
+
+class GunicornGthread(Server):
+    name = "gunicorn-gthread"
+
+    def start(self):
+        self.procs.append(spawn(
+            [os.path.join(VENV, "bin", "gunicorn"), "-w", "2", "-k", "gthread", "--threads",
+             "16", "-b", "127.0.0.1:%d" % self.port, "--chdir", APPS, "--log-level",
+             "warning", self.module + ":app"],
             self.log_path, self.workdir, clean_env()))
 
 
@@ -436,7 +485,13 @@ class NginxFlup(Server):
         return front, workers
 
 
-SERVER_CLASSES = {c.name: c for c in (Fcgihost, Gunicorn, Granian, NginxFlup, Uwsgi)}
+SERVER_CLASSES = {c.name: c for c in (Fcgihost, FcgihostPrev, FcgihostThreads16, FcgihostThreads4,
+                                      Gunicorn, GunicornGthread, Granian, NginxFlup, Uwsgi)}
+
+
+def runs(server, workload):
+    """Whether `server` is measured on `workload` (variants only on their own)."""
+    return workload in VARIANT_WORKLOADS.get(server, {workload})
 
 
 # --- wrk ----------------------------------------------------------------------------------
@@ -619,9 +674,11 @@ def targets(rows, dap):
     """[(target text, measured text, met or None)]."""
     out = []
 
-    def ratio_target(workload, peer, factor):
-        a, b = find(rows, workload, "fcgihost"), find(rows, workload, peer)
+    def ratio_target(workload, peer, factor, ours="fcgihost"):
+        a, b = find(rows, workload, ours), find(rows, workload, peer)
         text = "%s: ≥ %s× %s" % (workload, ("%g" % factor), LABELS[peer])
+        if ours != "fcgihost":
+            text = "%s: %s ≥ %s× %s" % (workload, LABELS[ours], ("%g" % factor), LABELS[peer])
         if not a or not b or not b["rps"]:
             out.append((text, "not measured", None))
             return
@@ -633,6 +690,10 @@ def targets(rows, dap):
     ratio_target("hello", "granian", 0.5)
     ratio_target("Flask template", "gunicorn", 1.5)
     ratio_target("Flask template", "granian", 0.9)
+    ratio_target("sleep 10 ms", "granian", 0.9, ours="fcgihost-t16")
+    ratio_target("sleep 10 ms", "gunicorn-gthread", 1.0, ours="fcgihost-t16")
+    ratio_target("hello", "fcgihost-prev", 0.95)
+    ratio_target("1 MiB echo", "granian", 0.5)
     for name, _, _, _ in WORKLOADS:
         a, b = find(rows, name, "fcgihost"), find(rows, name, "gunicorn")
         text = "%s: p99 below gunicorn's" % name
@@ -685,7 +746,7 @@ def markdown(meta, rows, dap, failures):
     w("|---|---|--:|--:|--:|--:|--:|--:|--:|---|")
     tg = targets(rows, dap)
     for name, _, _, _ in WORKLOADS:
-        for server in SERVERS:
+        for server in (s for s in SERVERS if runs(s, name)):
             r = find(rows, name, server)
             failure = next((f for f in failures if f["workload"] == name
                             and f["server"] == server), None)
@@ -694,9 +755,11 @@ def markdown(meta, rows, dap, failures):
                 w("| %s | %s | — | — | — | — | — | — | — | %s |" % (name, LABELS[server], why))
                 continue
             marks = []
-            if server == "fcgihost":
+            if server == "fcgihost" or server in VARIANT_WORKLOADS:
                 for text, measured, ok in tg:
-                    if text.startswith(name + ":") and ok is not None:
+                    mine = (LABELS[server] in text.split(" ≥ ")[0]) if server != "fcgihost" else (
+                        not any(LABELS[v] in text.split(" ≥ ")[0] for v in VARIANT_WORKLOADS))
+                    if text.startswith(name + ":") and ok is not None and mine:
                         marks.append("%s %s (%s)" % (check(ok), text.split(": ", 1)[1],
                                                      measured))
             if not r.get("healthy_after", True):
@@ -727,11 +790,12 @@ def markdown(meta, rows, dap, failures):
     w("“host” is the front process(es) as in the RSS column; “workers” are the Python "
       "processes. On 2 cores the sum bounds req/s: 2 000 000 µs / (host + workers + wrk).")
     w("")
-    w("| workload | " + " | ".join(LABELS[s] + " host / workers" for s in SERVERS) + " |")
-    w("|---|" + "--:|" * len(SERVERS))
+    base = [s for s in SERVERS if s not in VARIANT_WORKLOADS]
+    w("| workload | " + " | ".join(LABELS[s] + " host / workers" for s in base) + " |")
+    w("|---|" + "--:|" * len(base))
     for name, _, _, _ in WORKLOADS:
         cells = []
-        for server in SERVERS:
+        for server in base:
             r = find(rows, name, server)
             cells.append("%.0f / %.0f" % (r["front_cpu_us_per_req"], r["worker_cpu_us_per_req"])
                          if r else "—")
@@ -805,7 +869,7 @@ def svg_chart(meta, rows):
     y = 54
     parts = []
     for name, _, _, _ in WORKLOADS:
-        present = [(s, find(rows, name, s)) for s in SERVERS]
+        present = [(s, find(rows, name, s)) for s in SERVERS if runs(s, name)]
         top = max([r["rps"] for _, r in present if r] + [1.0])
         parts.append('<text x="12" y="%d" class="h">%s</text>' % (y + 14, esc(name)))
         y += panel_pad - 10
@@ -976,6 +1040,8 @@ def main():
     try:
         for wl in workloads:
             for name in servers:
+                if not runs(name, wl[0]):
+                    continue
                 if args.row_quiet_wait > 0:
                     pct = quiet_gate(args.row_quiet_wait, args.row_quiet_pct)
                     if pct >= args.row_quiet_pct:

@@ -348,3 +348,42 @@ fn the_pool_grows_when_every_slot_is_busy_and_shrinks_back_when_idle() {
     assert_eq!(doc["workers_current"], 2, "{doc:#}");
     assert_eq!(doc["workers_max"], 2, "{doc:#}");
 }
+
+#[test]
+fn the_slow_log_of_a_threaded_worker_shows_the_stuck_threads_stack_only() {
+    let host = plain_threads(1, 2, &["--set", "slow_request_threshold=1s"]);
+    host.wait_workers(1, T);
+    let release = host.dir().join("release");
+    let held = |tag: &str| {
+        let url = host.url(&format!(
+            "/sleep?s=60&until={}&tag={tag}",
+            release.display()
+        ));
+        thread::spawn(move || get(&url))
+    };
+    let stuck = held("stuck");
+    host.wait_for_log("sleep-start stuck ", T);
+    let doc = status(&host);
+    let stuck_id = doc["workers"][0]["running"][0]["request_id"]
+        .as_u64()
+        .unwrap();
+    let neighbour = held("neighbour");
+    host.wait_for_log("sleep-start neighbour ", T);
+
+    let log = host.wait_for_log("Python stacks of the worker", T);
+    std::fs::write(&release, b"").unwrap();
+    let dump = &log[log.find("Python stacks of the worker").unwrap()..];
+    let dump = &dump[..dump.find("\n20").unwrap_or(dump.len())];
+    assert_eq!(
+        dump.matches("Thread \"").count(),
+        1,
+        "one thread's stack:\n{dump}"
+    );
+    assert!(
+        dump.contains(&format!("Thread \"fcgihost-request-{stuck_id}\"")),
+        "the stuck request's thread (request {stuck_id}):\n{dump}"
+    );
+    assert!(dump.contains(", in sleep"), "{dump}");
+    assert_eq!(stuck.join().unwrap().status, 200);
+    assert_eq!(neighbour.join().unwrap().status, 200);
+}

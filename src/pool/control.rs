@@ -39,10 +39,17 @@ impl Control {
         }
     }
 
-    /// Asks the worker for its stacks; the supervisor logs the answer as
+    /// Asks the worker for its stacks (with `request`, only the thread that runs that
+    /// request, on a worker with several threads); the supervisor logs the answer as
     /// "Python stacks of the worker". Returns false when the command could not be sent.
-    pub async fn request_stacks(&self) -> bool {
-        self.send(DUMP_STACKS).await
+    pub async fn request_stacks(&self, request: Option<u64>) -> bool {
+        match request {
+            None => self.send(DUMP_STACKS).await,
+            Some(id) => {
+                let line = format!("{{\"cmd\":\"dump_stacks\",\"request\":\"{id}\"}}\n");
+                self.send(line.as_bytes()).await
+            }
+        }
     }
 
     /// Writes one command line (JSON and '\n'). Returns false when it could not be
@@ -58,11 +65,11 @@ impl Control {
 
     /// Asks for the stacks and waits up to `wait` until they are in the log (for the dump
     /// right before a kill). Returns true when they were logged in time.
-    pub async fn dump_and_wait(&self, wait: Duration) -> bool {
+    pub async fn dump_and_wait(&self, wait: Duration, request: Option<u64>) -> bool {
         let logged = self.logged.notified();
         tokio::pin!(logged);
         logged.as_mut().enable();
-        if !self.request_stacks().await {
+        if !self.request_stacks(request).await {
             return false;
         }
         tokio::time::timeout(wait, logged).await.is_ok()

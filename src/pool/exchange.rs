@@ -238,7 +238,16 @@ async fn drive<B: RequestBody>(
     } = conn;
 
     let mut head_tx = Some(head_tx);
-    let own = (!lease.written_behind()).then(|| with_request_id(records, fcgi_id));
+    // On a worker with several threads the request carries the host's request id, so the
+    // worker names the thread that runs it and can report that thread's stack alone.
+    let stacks_of = lease.shares_worker().then_some(request_id);
+    let own = (!lease.written_behind()).then(|| {
+        let records = match stacks_of {
+            Some(id) => with_request_tag(&records, id),
+            None => records,
+        };
+        with_request_id(records, fcgi_id)
+    });
     let behind = lease.take_outbox();
     for chunk in [own, behind].into_iter().flatten() {
         if let Err(err) = write.write_all(&chunk).await {
@@ -371,7 +380,7 @@ async fn drive<B: RequestBody>(
                         );
                         match lease.control() {
                             Some(control) => {
-                                tokio::spawn(async move { control.request_stacks().await });
+                                tokio::spawn(async move { control.request_stacks(stacks_of).await });
                             }
                             None => tracing::info!(worker, pid, "this worker has no control channel: no stacks to log"),
                         }
@@ -504,7 +513,7 @@ async fn drive<B: RequestBody>(
             // The client learns at once; the stacks and the kill follow.
             fail(&mut head_tx, &body_tx, Failure::Timeout, &mut status).await;
             if let Some(control) = lease.control() {
-                if !control.dump_and_wait(DUMP_BEFORE_KILL).await {
+                if !control.dump_and_wait(DUMP_BEFORE_KILL, stacks_of).await {
                     tracing::warn!(
                         worker,
                         pid,
@@ -600,6 +609,32 @@ async fn pump_stdin<B: RequestBody>(
     }
     .await;
     (write, buf, result)
+}
+
+/// The CGI variable that carries the host's request id to a threaded worker (which removes
+/// it from `environ` and names the serving thread after it).
+const REQUEST_TAG_PARAM: &[u8] = b"FCGIHOST_REQUEST_ID";
+
+/// Length of a BEGIN_REQUEST record (header and body), the first of `records`.
+const BEGIN_RECORD_LEN: usize = 16;
+
+/// `records` with one more PARAMS record, right after BEGIN_REQUEST, carrying
+/// [`REQUEST_TAG_PARAM`] (a worker joins every PARAMS record before the empty one).
+fn with_request_tag(records: &Bytes, request_id: u64) -> Bytes {
+    if records.len() < BEGIN_RECORD_LEN {
+        return records.clone();
+    }
+    let mut pair = BytesMut::new();
+    fcgi::put_name_value(
+        &mut pair,
+        REQUEST_TAG_PARAM,
+        request_id.to_string().as_bytes(),
+    );
+    let mut out = BytesMut::with_capacity(records.len() + pair.len() + 8);
+    out.extend_from_slice(&records[..BEGIN_RECORD_LEN]);
+    fcgi::put_stream(&mut out, RecordType::Params, REQUEST_ID, &pair);
+    out.extend_from_slice(&records[BEGIN_RECORD_LEN..]);
+    out.freeze()
 }
 
 /// `records` (built with [`REQUEST_ID`]) as request `fcgi_id`.

@@ -430,7 +430,7 @@ impl Pool {
                 .and_then(|w| w.signals.control(w.generation))
         };
         match control {
-            Some(control) => control.request_stacks().await,
+            Some(control) => control.request_stacks(None).await,
             None => false,
         }
     }

@@ -78,6 +78,9 @@ def _get_values_answers(threads):
     return {"FCGI_MAX_CONNS": str(threads), "FCGI_MAX_REQS": str(threads),
             "FCGI_MPXS_CONNS": "0"}
 
+REQUEST_THREAD_PREFIX = "fcgihost-request-"
+"""The name of a serving thread while it runs the host's request ``<id>``."""
+
 EXIT_HOST_GONE = 1
 EXIT_BAD_INVOCATION = 2
 EXIT_APP_ERROR = 3
@@ -545,7 +548,19 @@ class Connection:
                 raise ProtocolError("record type %d before the end of PARAMS" % rtype)
         environ = self.worker.base_environ.copy()
         parse_name_values(params[0] if len(params) == 1 else b"".join(params), environ)
-        self._run_app(request_id, environ)
+        tag = environ.pop("FCGIHOST_REQUEST_ID", None)
+        if tag is None:
+            self._run_app(request_id, environ)
+            return
+        # A threaded worker: the thread is named after the host's request id while it runs
+        # it, for ``dump_stacks`` of one request and for the debugger's thread list.
+        thread = threading.current_thread()
+        name = thread.name
+        thread.name = REQUEST_THREAD_PREFIX + tag
+        try:
+            self._run_app(request_id, environ)
+        finally:
+            thread.name = name
 
     def _run_app(self, request_id, environ):
         """Call the WSGI app and send its response (or a 500) as STDOUT records."""
@@ -894,18 +909,25 @@ class ControlChannel:
         except (ValueError, AttributeError):
             command = None
         if command == "dump_stacks":
-            self.send("stacks", text=format_all_stacks())
+            request = json.loads(line).get("request")
+            self.send("stacks", text=format_all_stacks(request))
         elif command == "stop":
             self.on_stop()
         else:
             log_error("fcgihost worker: unknown control command %r\n" % (line[:200],))
 
 
-def format_all_stacks():
-    """Every thread's Python stack, main thread first, as text."""
+def format_all_stacks(request=None):
+    """Every thread's Python stack, main thread first, as text; with ``request`` (the
+    host's request id), only the stack of the thread running it, when there is one."""
     names = {thread.ident: thread.name for thread in threading.enumerate()}
     main_ident = threading.main_thread().ident
     frames = sorted(sys._current_frames().items(), key=lambda item: item[0] != main_ident)
+    if request is not None:
+        wanted = REQUEST_THREAD_PREFIX + str(request)
+        only = [(ident, frame) for ident, frame in frames if names.get(ident) == wanted]
+        if only:
+            frames = only
     parts = []
     for ident, frame in frames:
         name = names.get(ident, "<unknown>")
