@@ -370,8 +370,15 @@ fn the_slow_log_of_a_threaded_worker_shows_the_stuck_threads_stack_only() {
     let neighbour = held("neighbour");
     host.wait_for_log("sleep-start neighbour ", T);
 
-    let log = host.wait_for_log("Python stacks of the worker", T);
+    host.wait_for_log("Python stacks of the worker", T);
     std::fs::write(&release, b"").unwrap();
+    // The dump is one multi-line log event: it is whole once a later event follows it.
+    let mut log = String::new();
+    assert!(wait_until(T, || {
+        log = host.log();
+        let at = log.find("Python stacks of the worker").unwrap_or(0);
+        log[at..].contains("\n20")
+    }));
     let dump = &log[log.find("Python stacks of the worker").unwrap()..];
     let dump = &dump[..dump.find("\n20").unwrap_or(dump.len())];
     assert_eq!(
