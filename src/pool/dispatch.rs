@@ -193,6 +193,7 @@ impl Pool {
         };
         Lease {
             request_id,
+            threads: worker.threads,
             shared: self.shared.clone(),
             signals: worker.signals.clone(),
             worker: grant.worker,

@@ -21,6 +21,8 @@ use crate::deadline::RequestClock;
 pub struct Lease {
     /// The host's id of the request (worker table, clocks).
     pub(super) request_id: u64,
+    /// Threads of the worker process (requests it runs at once).
+    pub(super) threads: usize,
     pub(super) shared: Arc<Shared>,
     pub(super) signals: Arc<SlotSignals>,
     pub(super) worker: usize,
@@ -122,9 +124,7 @@ impl Lease {
     /// True when the worker runs requests on several threads (a timeout then drains it
     /// instead of killing it at once).
     pub fn shares_worker(&self) -> bool {
-        let state = self.shared.lock();
-        let worker = &state.workers[self.worker];
-        worker.generation == self.generation && worker.threads > 1
+        self.threads > 1
     }
 
     /// The timed-out request's end on a worker that runs other requests too (`threads`):
