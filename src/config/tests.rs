@@ -1342,3 +1342,64 @@ fn instance_id_from_website_instance_id_then_config_then_host_name() {
     assert_eq!(source_of(&by_host, "instance_id"), &Source::Default);
     assert!(load_err(&dir, &with_sets(&["instance_id=a;b"]), &[]).contains("invalid instance id"));
 }
+
+#[test]
+fn threads_and_dynamic_pool_settings_load_with_defaults_and_bounds() {
+    let dir = TempDir::new();
+    dir.write("fcgihost.toml", "app = \"a:app\"\nworkers = 2\n");
+    let c = load_in(&dir, &CliOverrides::default(), &[]).config;
+    assert_eq!(
+        (c.threads, c.workers_max, c.spawn_after, c.idle_timeout),
+        (1, 2, Duration::from_millis(100), Duration::from_secs(10))
+    );
+    dir.write(
+        "fcgihost.toml",
+        "app = \"a:app\"\nworkers = 2\nthreads = 8\nworkers_max = 6\nspawn_after = \"50ms\"\nidle_timeout = \"1m\"\n",
+    );
+    let c = load_in(&dir, &CliOverrides::default(), &[]).config;
+    assert_eq!(
+        (c.threads, c.workers_max, c.spawn_after, c.idle_timeout),
+        (8, 6, Duration::from_millis(50), Duration::from_secs(60))
+    );
+    let cli = CliOverrides {
+        threads: Some(16),
+        ..CliOverrides::default()
+    };
+    assert_eq!(load_in(&dir, &cli, &[]).config.threads, 16);
+    dir.write("fcgihost.toml", "app = \"a:app\"\nthreads = 0\n");
+    assert_eq!(
+        load_err(&dir, &CliOverrides::default(), &[]),
+        "fcgihost.toml:2: key `threads`: must be at least 1 (got 0)"
+    );
+    dir.write("fcgihost.toml", "app = \"a:app\"\n");
+    assert_eq!(
+        load_err(
+            &dir,
+            &CliOverrides::default(),
+            &[("FCGIHOST_THREADS", "300")]
+        ),
+        "environment variable FCGIHOST_THREADS: must be at most 256 (got 300)"
+    );
+    let cli = CliOverrides {
+        threads: Some(0),
+        ..CliOverrides::default()
+    };
+    assert_eq!(
+        load_err(&dir, &cli, &[]),
+        "command line --threads: must be at least 1"
+    );
+    // A ceiling below the floor keeps the floor, with a warning naming both.
+    dir.write(
+        "fcgihost.toml",
+        "app = \"a:app\"\nworkers = 3\nworkers_max = 2\n",
+    );
+    let l = load_in(&dir, &CliOverrides::default(), &[]);
+    assert_eq!(l.config.workers_max, 3);
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("workers_max 2") && w.contains("below workers 3")),
+        "{:?}",
+        l.warnings
+    );
+}
