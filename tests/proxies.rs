@@ -314,60 +314,47 @@ fn nginx_fastcgi_with_ptvsd_over_http_recipe_as_documented() {
     check_recipe(nginx.port, true);
 }
 
+/// Apache with the block and the `a2enmod` modules of docs/apache.md's section `heading`,
+/// its VirtualHost on the test port and each `(documented, actual)` address swapped in.
+fn apache_recipe(heading: &str, addresses: &[(&str, String)]) -> common::fronts::Front {
+    let block = doc_block("apache.md", heading, "apache");
+    let enable = doc_line("apache.md", heading, "a2enmod ");
+    let modules: Vec<&str> = enable.split_whitespace().collect();
+    Apache::start(&modules, |port| {
+        let vhost = format!("<VirtualHost 127.0.0.1:{port}>");
+        addresses.iter().fold(
+            adapt(&block, "<VirtualHost *:80>", &vhost, 1),
+            |conf, (from, to)| adapt(&conf, from, to, 1),
+        )
+    })
+}
+
 #[test]
 fn apache_proxy_fcgi_recipe_as_documented() {
     let host = django_site(true);
     let door = fastcgi_addr(&host);
-    let heading = "## `mod_proxy_fcgi`";
-    let block = doc_block("apache.md", heading, "apache");
-    let enable = doc_line("apache.md", heading, "a2enmod ");
-    let modules: Vec<&str> = enable.split_whitespace().collect();
     let upstream = host.addr();
-    let apache = Apache::start(&modules, |port| {
-        let conf = adapt(
-            &block,
-            "<VirtualHost *:80>",
-            &format!("<VirtualHost 127.0.0.1:{port}>"),
-            1,
-        );
-        let conf = adapt(
-            &conf,
-            "fcgi://127.0.0.1:9001/",
-            &format!("fcgi://{door}/"),
-            1,
-        );
-        adapt(
-            &conf,
-            "http://127.0.0.1:8000/ptvsd",
-            &format!("http://{upstream}/ptvsd"),
-            1,
-        )
-    });
+    let apache = apache_recipe(
+        "## `mod_proxy_fcgi`",
+        &[
+            ("fcgi://127.0.0.1:9001/", format!("fcgi://{door}/")),
+            (
+                "http://127.0.0.1:8000/ptvsd",
+                format!("http://{upstream}/ptvsd"),
+            ),
+        ],
+    );
     check_recipe(apache.port, true);
 }
 
 #[test]
 fn apache_proxy_http_recipe_as_documented() {
     let host = django_site(true);
-    let heading = "## `mod_proxy_http` only";
-    let block = doc_block("apache.md", heading, "apache");
-    let enable = doc_line("apache.md", heading, "a2enmod ");
-    let modules: Vec<&str> = enable.split_whitespace().collect();
     let upstream = host.addr();
-    let apache = Apache::start(&modules, |port| {
-        let conf = adapt(
-            &block,
-            "<VirtualHost *:80>",
-            &format!("<VirtualHost 127.0.0.1:{port}>"),
-            1,
-        );
-        adapt(
-            &conf,
-            "http://127.0.0.1:8000/",
-            &format!("http://{upstream}/"),
-            1,
-        )
-    });
+    let apache = apache_recipe(
+        "## `mod_proxy_http` only",
+        &[("http://127.0.0.1:8000/", format!("http://{upstream}/"))],
+    );
     check_recipe(apache.port, true);
 }
 
