@@ -68,6 +68,31 @@ pub fn bad_gateway() -> Response<ResponseBody> {
     )
 }
 
+/// 502: the worker ended the request without a response (it was not restarted).
+pub fn no_response() -> Response<ResponseBody> {
+    html(
+        StatusCode::BAD_GATEWAY,
+        "Bad Gateway",
+        "The application ended the request without sending a response; the log has the details.",
+        None,
+    )
+}
+
+/// A refusal of a malformed request (400, or 414/431/501 as `status` says) naming what
+/// was wrong; the connection closes after it (what follows cannot be framed reliably).
+pub fn refused(status: StatusCode, reason: &str) -> Response<ResponseBody> {
+    let mut response = html(
+        status,
+        status.canonical_reason().unwrap_or("Bad Request"),
+        &format!("The request was refused: {reason}."),
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// 504: the pause-aware request clock ran out.
 pub fn gateway_timeout() -> Response<ResponseBody> {
     html(

@@ -404,6 +404,81 @@ fn multiplexed_requests_keep_conn_and_get_values() {
     c.assert_closed();
 }
 
+/// The HTTP door's framing rules apply to the web server's parameters too: each malformed
+/// request gets its 400 (as a CGI response, the connection kept), a WARN naming the client
+/// the web server reported, and never reaches the worker, which keeps serving.
+#[test]
+fn malformed_parameters_get_400_and_spare_the_worker() {
+    let host = Host::start(plain_with_door(1));
+    let addr = fastcgi_addr(&host);
+    let pid = host.wait_workers(1, WAIT);
+    let mut c = FcgiConn::tcp(&addr);
+    // (what, the parameters that break a rule, the reason the log gives)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
+        (
+            "CONTENT_LENGTH five",
+            &[("CONTENT_LENGTH", "five")],
+            "CONTENT_LENGTH is not a decimal number",
+        ),
+        (
+            "CONTENT_LENGTH -1",
+            &[("CONTENT_LENGTH", "-1")],
+            "CONTENT_LENGTH is not a decimal number",
+        ),
+        (
+            "method G T",
+            &[("REQUEST_METHOD", "G T")],
+            "REQUEST_METHOD is not a token",
+        ),
+        (
+            "host a/b",
+            &[("HTTP_HOST", "a/b")],
+            "HTTP_HOST is not a valid host",
+        ),
+        (
+            "control in a header",
+            &[("HTTP_X_Y", "a\u{1}b")],
+            "control character in a field value",
+        ),
+    ];
+    for (i, (name, extra, reason)) in cases.iter().enumerate() {
+        let id = i as u16 + 1;
+        let port = (41000 + i).to_string();
+        let mut extra = extra.to_vec();
+        extra.push(("REMOTE_PORT", &port));
+        c.request(
+            id,
+            true,
+            &nginx_params("POST", "/echo", b"hello", &extra),
+            b"hello",
+        );
+        let r = c.response(id);
+        r.assert_complete();
+        assert_eq!(
+            r.status(),
+            400,
+            "{name}: {:?}",
+            String::from_utf8_lossy(&r.stdout)
+        );
+        host.wait_for_log(&format!("client=192.0.2.10:{port}"), WAIT);
+        let log = host.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("client=192.0.2.10:{port}")))
+            .unwrap_or_default();
+        assert!(
+            line.contains("WARN") && line.contains(reason),
+            "{name}: {line}"
+        );
+    }
+    c.request(9, true, &nginx_params("GET", "/echo", b"", &[]), b"");
+    let r = c.response(9);
+    assert_eq!(r.status(), 200);
+    assert_eq!(host.worker_pids(), pid, "the worker was replaced");
+    assert!(!host.log().contains("worker lost"), "{}", host.log());
+}
+
 #[test]
 fn abort_unknown_role_and_unknown_management_record() {
     let host = Host::start(plain_with_door(1));

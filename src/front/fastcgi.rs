@@ -42,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use super::framing;
 use super::http::Front;
 use super::ResponseBody;
 use crate::config::FastcgiListen;
@@ -623,8 +624,28 @@ impl Conn {
         stdin: mpsc::Receiver<Bytes>,
         mut abort: oneshot::Receiver<()>,
     ) {
-        let end = match prepare(&self.front, &params, self.peer) {
-            Ok(prepared) => {
+        let refusal = fcgi::parse_name_values(&params)
+            .ok()
+            .and_then(|pairs| framing::check_cgi_params(pairs).err());
+        let prepared = match refusal {
+            Some(violation) => Ok(Err(violation)),
+            None => prepare(&self.front, &params, self.peer).map(Ok),
+        };
+        let end = match prepared {
+            Ok(Err(violation)) => {
+                let client = client_of(&params, self.peer);
+                tracing::warn!(
+                    client = %client,
+                    id,
+                    status = violation.status.as_u16(),
+                    reason = violation.reason,
+                    "malformed request refused (FastCGI parameters)"
+                );
+                drop(stdin);
+                let response = pages::refused(violation.status, violation.reason);
+                self.send_response(id, response, &mut abort).await
+            }
+            Ok(Ok(prepared)) => {
                 let body = StdinBody {
                     rx: stdin,
                     done: false,
@@ -882,6 +903,23 @@ impl Body for StdinBody {
 
     fn is_end_stream(&self) -> bool {
         self.done
+    }
+}
+
+/// The client a web server names in REMOTE_ADDR and REMOTE_PORT (else the peer), for logs.
+fn client_of(params: &[u8], peer: Option<SocketAddr>) -> String {
+    let pairs = fcgi::parse_name_values(params).unwrap_or_default();
+    let last = |name: &[u8]| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    match (last(b"REMOTE_ADDR"), last(b"REMOTE_PORT")) {
+        (Some(addr), Some(port)) => format!("{addr}:{port}"),
+        (Some(addr), None) => addr,
+        _ => peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
     }
 }
 

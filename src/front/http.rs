@@ -5,16 +5,23 @@
 //! worker is involved; a chunked one is cut by the exchange when it passes the limit.
 //! From a peer in `trusted_proxies`, the proxy headers ([`crate::gateway::forwarded`]) set
 //! the client, scheme, host and (IIS's `X-Original-URL`) target the app sees.
+//! Every request head first passes the framing rules of [`super::framing`]: a malformed
+//! one is refused with its 4xx and the connection closed, `OPTIONS *` is answered 200 with
+//! `Allow` and `CONNECT` 405, both by the host; a chunked body is checked as it streams
+//! (its trailer fields too), and a malformed one is answered 400 while its request is
+//! aborted on the worker. What hyper refuses itself (400/431) gets the same WARN line.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use http::{Request, Response};
-use http_body::Body as _;
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -23,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::access_log::{AccessFormat, AccessLog};
+use super::framing::{self, RawVerdict, Routing, Violation};
 use super::health::HealthCheck;
 use super::limits::{Activity, ConnLimits, TrackedBody, WatchedIo};
 use super::status::{Metrics, StatusPage};
@@ -114,18 +122,27 @@ impl Front {
         self
     }
 
-    /// Answers one request.
+    /// Answers one request; `raw` is the connection scanner's verdict on its head.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         local: SocketAddr,
+        raw: Option<RawVerdict>,
     ) -> Response<ResponseBody> {
         // From a trusted proxy, the proxy headers name the real client, scheme and host (and
         // IIS URL Rewrite's X-Original-URL the real target); `remote` is that client.
         let resolved = ProxyHeaders::from_headers(req.headers())
             .resolve(peer.ip(), &self.options.trusted_proxies);
         let remote = resolved.client.map_or(peer, |client| client.socket_addr());
+        if let Some(violation) = raw.and_then(|raw| raw_violation(&req, raw)) {
+            return self.refuse(req, remote, peer, violation);
+        }
+        match framing::check_head(req.method(), req.uri(), req.version(), req.headers()) {
+            Ok(Routing::App) => {}
+            Ok(routing) => return self.answer_itself(req, remote, routing),
+            Err(violation) => return self.refuse(req, remote, peer, violation),
+        }
         if let Some(health) = self.health.as_ref().filter(|h| h.owns(req.uri().path())) {
             return health.handle();
         }
@@ -184,6 +201,7 @@ impl Front {
         if !has_body {
             fcgi::put_stream(&mut records, RecordType::Stdin, REQUEST_ID, &[]);
         }
+        let body = CheckedBody { inner: body, peer };
         self.dispatch(records, has_body.then_some(body), meta).await
     }
 
@@ -198,11 +216,9 @@ impl Front {
         let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
         if over(target, self.options.max_request_line) {
             tracing::warn!(%remote, length = target, limit = self.options.max_request_line, "request target longer than max_request_line (414)");
-            return Some(pages::html(
+            return Some(pages::refused(
                 http::StatusCode::URI_TOO_LONG,
-                "URI Too Long",
-                "The request target is longer than this server accepts (max_request_line).",
-                None,
+                "the request target is longer than this server accepts (max_request_line)",
             ));
         }
         let field = req
@@ -213,14 +229,65 @@ impl Front {
             .unwrap_or(0);
         if over(field, self.options.max_header_field_size) {
             tracing::warn!(%remote, length = field, limit = self.options.max_header_field_size, "header field longer than max_header_field_size (431)");
-            return Some(pages::html(
+            return Some(pages::refused(
                 http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "Request Header Fields Too Large",
-                "A header field is longer than this server accepts (max_header_field_size).",
-                None,
+                "a header field is longer than this server accepts (max_header_field_size)",
             ));
         }
         None
+    }
+
+    /// A malformed request head: its 4xx, `Connection: close`, a WARN naming the client.
+    fn refuse(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        peer: SocketAddr,
+        violation: Violation,
+    ) -> Response<ResponseBody> {
+        let (parts, _body) = req.into_parts();
+        let status = violation.status.as_u16();
+        tracing::warn!(client = %remote, %peer, status, reason = violation.reason, "malformed request refused; closing the connection");
+        let response = pages::refused(violation.status, violation.reason);
+        self.request_meta(&parts, remote).finish(None, status, 0);
+        response
+    }
+
+    /// `OPTIONS *` (200, what the server allows) and `CONNECT` (405: the host is no proxy,
+    /// so it opens no tunnel; the connection closes, as the client may already be sending
+    /// tunnel bytes).
+    fn answer_itself(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        routing: Routing,
+    ) -> Response<ResponseBody> {
+        let (parts, _body) = req.into_parts();
+        let mut response = if routing == Routing::Connect {
+            tracing::info!(client = %remote, target = %parts.uri, "CONNECT refused (405): fcgihost opens no tunnels");
+            let mut response = pages::html(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed",
+                "This server is not a proxy: it does not open CONNECT tunnels.",
+                None,
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        } else {
+            let mut response = Response::new(pages::full_body(Bytes::new()));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            response
+        };
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        let status = response.status().as_u16();
+        self.request_meta(&parts, remote).finish(None, status, 0);
+        response
     }
 
     /// The proxies whose headers are believed (the FastCGI front door applies them too).
@@ -290,6 +357,10 @@ impl Front {
                 response
             }
             Err(Failure::BadGateway) => pages::bad_gateway(),
+            Err(Failure::NoResponse) => pages::no_response(),
+            Err(Failure::BadRequest) => {
+                pages::refused(StatusCode::BAD_REQUEST, "the request body is malformed")
+            }
             Err(Failure::Timeout) => pages::gateway_timeout(),
             Err(Failure::BodyTooLarge) => body_too_large(body_limit.unwrap_or(0)),
             Err(Failure::Unavailable) => pages::busy(
@@ -313,6 +384,83 @@ impl Front {
                 self.options.debug || remote.ip().is_loopback(),
             ),
         }
+    }
+}
+
+/// The raw head's violation, if `raw` is the verdict on `req`'s head (method and target
+/// match; a scanner that lost the stream's thread gives none).
+fn raw_violation(req: &Request<Incoming>, raw: RawVerdict) -> Option<Violation> {
+    let same = raw.method == req.method().as_str() && raw.target == req.uri().to_string();
+    if !same {
+        tracing::debug!(
+            method = raw.method,
+            target = raw.target,
+            "raw head verdict does not match the request; ignored"
+        );
+    }
+    raw.violation.filter(|_| same)
+}
+
+/// What `OPTIONS *` and a CONNECT's 405 list in `Allow`: the methods the host passes to the
+/// app (any other token method is passed on too; CONNECT is the one it never serves).
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
+
+/// A request body from hyper as the exchange streams it: hyper's chunked decoder refuses
+/// malformed chunk sizes and data, and this also refuses forbidden trailer fields; either
+/// is logged here (WARN, naming the client) and fails the body, which the exchange answers
+/// with 400.
+struct CheckedBody {
+    inner: Incoming,
+    peer: SocketAddr,
+}
+
+/// The client's request body failed: malformed, or cut short by the client.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BodyFault(String);
+
+impl Body for CheckedBody {
+    type Data = Bytes;
+    type Error = BodyFault;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
+        let peer = self.peer;
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    if let Err(violation) = framing::check_trailers(trailers) {
+                        tracing::warn!(client = %peer, status = 400, reason = violation.reason, "malformed request body refused; closing the connection");
+                        return Poll::Ready(Some(Err(BodyFault(violation.reason.to_owned()))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                let reason = match std::error::Error::source(&err) {
+                    Some(source) => format!("{err}: {source}"),
+                    None => err.to_string(),
+                };
+                if err.is_incomplete_message() {
+                    tracing::info!(client = %peer, reason, "the client left before its request body was complete");
+                } else {
+                    tracing::warn!(client = %peer, status = 400, reason, "malformed request body refused; closing the connection");
+                }
+                Poll::Ready(Some(Err(BodyFault(reason))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -414,14 +562,15 @@ pub async fn run(
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(remote);
                 let front = front.clone();
-                let activity = Activity::new();
+                let activity = Activity::for_limits(&limits);
                 let service = {
                     let activity = activity.clone();
                     service_fn(move |req| {
                         let guard = activity.request_started();
+                        let raw = activity.next_verdict();
                         let front = front.clone();
                         async move {
-                            let response = front.handle(req, remote, local).await;
+                            let response = front.handle(req, remote, local, raw).await;
                             Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, guard)))
                         }
                     })
@@ -450,8 +599,16 @@ pub async fn run(
                             Ok(())
                         }
                     };
-                    if let Err(err) = result {
-                        tracing::debug!(%remote, error = %err, "connection ended with an error");
+                    match result {
+                        Err(err) if err.is_parse() || err.is_parse_too_large() => {
+                            // hyper answered it (400, or 431 for a head over the limit).
+                            let status = if err.is_parse_too_large() { 431 } else { 400 };
+                            tracing::warn!(client = %remote, status, reason = %err, "malformed request refused; closing the connection");
+                        }
+                        Err(err) => {
+                            tracing::debug!(%remote, error = %err, "connection ended with an error");
+                        }
+                        Ok(()) => {}
                     }
                     drop(permit);
                     drop(open);

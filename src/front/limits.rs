@@ -11,6 +11,9 @@
 //! `keep_alive_timeout` (`header_read_timeout` before its first request), and one that has
 //! started a request head must complete it within `header_read_timeout`. A request in
 //! flight (body upload or response included) is never cut by either.
+//!
+//! The same read side feeds the connection's [`StreamScanner`], whose verdicts on the raw
+//! request heads the router takes, one per request ([`Activity::next_verdict`]).
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +26,8 @@ use hyper::server::conn::http1;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use super::framing::{RawVerdict, StreamScanner};
 
 /// The smallest read-buffer cap hyper accepts (it asserts on less).
 const HYPER_MIN_MAX_BUF: usize = 8192;
@@ -114,10 +119,20 @@ struct ActivityState {
 pub struct Activity {
     state: Mutex<ActivityState>,
     changed: Notify,
+    /// Follows the raw request stream (see [`super::framing`]).
+    scanner: Mutex<StreamScanner>,
 }
 
 impl Activity {
-    /// A fresh connection: idle since now, no request yet.
+    /// A fresh connection: idle since now, no request yet, its raw heads scanned under
+    /// `limits`.
+    pub fn for_limits(limits: &ConnLimits) -> Arc<Self> {
+        let activity = Self::new();
+        *activity.scanner() = StreamScanner::new(limits.max_header_size, limits.max_headers);
+        activity
+    }
+
+    /// A fresh connection under the default limits.
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(ActivityState {
@@ -127,14 +142,28 @@ impl Activity {
                 first: true,
             }),
             changed: Notify::new(),
+            scanner: Mutex::new(StreamScanner::new(
+                ConnLimits::default().max_header_size,
+                HYPER_DEFAULT_MAX_HEADERS,
+            )),
         })
+    }
+
+    fn scanner(&self) -> MutexGuard<'_, StreamScanner> {
+        self.scanner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The raw verdict on the oldest request head hyper has not yet handed over.
+    pub fn next_verdict(&self) -> Option<RawVerdict> {
+        self.scanner().next_verdict()
     }
 
     fn lock(&self) -> MutexGuard<'_, ActivityState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn bytes_read(&self) {
+    fn bytes_read(&self, bytes: &[u8]) {
+        self.scanner().feed(bytes);
         let mut state = self.lock();
         if state.in_flight == 0 && state.head_started.is_none() {
             state.head_started = Some(Instant::now());
@@ -244,7 +273,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.bytes_read();
+            self.activity.bytes_read(&buf.filled()[before..]);
         }
         result
     }
@@ -358,7 +387,7 @@ mod tests {
     async fn a_started_head_must_finish_within_the_header_timeout() {
         let activity = Activity::new();
         drop(activity.request_started());
-        activity.bytes_read();
+        activity.bytes_read(b"G");
         let started = Instant::now();
         assert_eq!(activity.watchdog(&limits()).await, Expired::HeaderRead);
         let took = started.elapsed();

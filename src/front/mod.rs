@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod fastcgi;
+pub mod framing;
 pub mod health;
 pub mod http;
 pub mod limits;

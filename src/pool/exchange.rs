@@ -61,6 +61,11 @@ pub enum Failure {
     BodyTooLarge,
     /// The worker was lost before the request started and no other worker took it: 503.
     Unavailable,
+    /// The worker ended the request without a response head (it is still running): 502.
+    NoResponse,
+    /// The client's request body was malformed or cut short: 400. The worker's request is
+    /// aborted and its connection kept.
+    BadRequest,
 }
 
 /// The start of a response, sent to the HTTP side as soon as the CGI head is parsed.
@@ -161,7 +166,9 @@ enum Outcome {
 
 /// Why streaming the request body to the worker stopped early.
 enum PumpError {
-    /// The client's body failed or the worker connection broke.
+    /// The client's body failed (malformed framing, or the client left mid-body).
+    Client(String),
+    /// The worker connection broke.
     Broken(String),
     /// The body passed `max_body_size`.
     TooLarge,
@@ -270,6 +277,7 @@ async fn drive<B: RequestBody>(
     let mut pending: Option<Bytes> = None;
     let mut client_gone = false;
     let mut abort_sent = false;
+    let mut body_cut = false;
     let mut sent: u64 = 0;
 
     let outcome = 'exchange: loop {
@@ -415,6 +423,22 @@ async fn drive<B: RequestBody>(
                 write_side = match result {
                     Ok(()) => WriteSide::Idle(write, buf),
                     Err(PumpError::TooLarge) => break 'exchange Outcome::BodyTooLarge,
+                    Err(PumpError::Client(err)) => {
+                        // The worker is fine: answer 400 (unless the response has started,
+                        // which is then cut), abort the request on the worker and keep the
+                        // connection once it ends the request.
+                        tracing::debug!(worker, pid, request_id, error = %err, "the client's request body failed; aborting the request");
+                        match head_tx.take() {
+                            Some(tx) => {
+                                status = 400;
+                                let _ = tx.send(Err(Failure::BadRequest));
+                            }
+                            None => body_cut = true,
+                        }
+                        client_gone = true;
+                        pending = None;
+                        WriteSide::Idle(write, buf)
+                    }
                     Err(PumpError::Broken(err)) => {
                         tracing::debug!(worker, pid, request_id, error = %err, "request body ended early");
                         client_gone = true;
@@ -456,8 +480,12 @@ async fn drive<B: RequestBody>(
                     request_id,
                     "worker ended the request without a response head"
                 );
-                let _ = tx.send(Err(Failure::BadGateway));
+                let _ = tx.send(Err(Failure::NoResponse));
                 status = 502;
+            } else if body_cut {
+                let _ = body_tx
+                    .send(Err("the request body was malformed".into()))
+                    .await;
             } else if end.app_status != 0 {
                 tracing::warn!(
                     worker,
@@ -565,6 +593,8 @@ async fn fail(
                 Failure::Timeout => 504,
                 Failure::BodyTooLarge => 413,
                 Failure::Unavailable => 503,
+                Failure::NoResponse => 502,
+                Failure::BadRequest => 400,
             };
             let _ = tx.send(Err(failure));
         }
@@ -587,7 +617,7 @@ async fn pump_stdin<B: RequestBody>(
     let result = async {
         let mut total: u64 = 0;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| broken(&e))?;
+            let frame = frame.map_err(|e| PumpError::Client(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
                 if data.is_empty() {
                     continue;

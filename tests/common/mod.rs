@@ -433,6 +433,11 @@ impl Host {
         self.log.text()
     }
 
+    /// Waits up to 10 s until `pred(log)` holds; the log either way (Err when it does not).
+    pub fn log_wait(&self, pred: impl Fn(&str) -> bool) -> Result<String, String> {
+        self.log.wait(Duration::from_secs(10), pred)
+    }
+
     /// Waits until the log contains `needle`; panics with the log if it does not in time.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
         self.wait_for_log_count(needle, 1, timeout)
@@ -983,6 +988,11 @@ impl RawConn {
             stream,
             buf: Vec::new(),
         }
+    }
+
+    /// The client's end of the connection (the address the host logs for it).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().unwrap()
     }
 
     /// Changes the read timeout.
