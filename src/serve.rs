@@ -549,6 +549,8 @@ impl OperatorSignals {
 struct OperatorSignals {
     ctrl_c: tokio::signal::windows::CtrlC,
     ctrl_break: tokio::signal::windows::CtrlBreak,
+    /// IIS's FastCGI module: the event it sets to stop the process.
+    iis_shutdown: Option<crate::front::iis_pipe::ShutdownEvent>,
 }
 
 #[cfg(windows)]
@@ -557,19 +559,28 @@ impl OperatorSignals {
         Ok(Self {
             ctrl_c: tokio::signal::windows::ctrl_c()?,
             ctrl_break: tokio::signal::windows::ctrl_break()?,
+            iis_shutdown: crate::front::iis_pipe::shutdown_event(),
         })
     }
 
-    /// Waits for Ctrl-C or Ctrl-Break (returned); both drain and stop like SIGTERM.
+    /// Waits for Ctrl-C, Ctrl-Break or IIS's shutdown event (returned); each drains and
+    /// stops like SIGTERM.
     async fn run_until_shutdown(
         &mut self,
         _pool: &Pool,
         _cli: &CliOverrides,
         _script: &Path,
     ) -> &'static str {
+        let iis = async {
+            match self.iis_shutdown.as_mut() {
+                Some(event) => event.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.ctrl_c.recv() => "Ctrl-C",
             _ = self.ctrl_break.recv() => "Ctrl-Break",
+            () = iis => "IIS shutdown event",
         }
     }
 }

@@ -85,6 +85,9 @@ pub struct FastcgiOptions {
 pub enum Listener {
     /// `fastcgi_listen = "IP:PORT"`, or a TCP socket on stdin.
     Tcp(TcpListener),
+    /// The named pipe IIS's FastCGI module passes as stdin (Windows).
+    #[cfg(windows)]
+    Pipe(super::iis_pipe::IisPipe),
     /// `fastcgi_listen = "unix:PATH"`, or a Unix socket on stdin.
     #[cfg(unix)]
     Unix {
@@ -229,9 +232,15 @@ impl Listener {
         }
     }
 
-    /// Without Unix sockets stdin is never a FastCGI listening socket here (IIS passes a
-    /// named pipe, which fcgihost does not serve; it runs under HttpPlatformHandler).
-    #[cfg(not(unix))]
+    /// On Windows the FastCGI way to start an application is IIS's: a named pipe's server
+    /// end as stdin ([`super::iis_pipe`]). `None` when stdin is something else.
+    #[cfg(windows)]
+    pub fn from_stdin() -> io::Result<Option<Listener>> {
+        Ok(super::iis_pipe::IisPipe::from_stdin()?.map(Listener::Pipe))
+    }
+
+    /// Neither Unix nor Windows: stdin is never a FastCGI listener.
+    #[cfg(not(any(unix, windows)))]
     pub fn from_stdin() -> io::Result<Option<Listener>> {
         Ok(None)
     }
@@ -247,6 +256,10 @@ impl Listener {
                 let (stream, _) = listener.accept().await?;
                 Ok(Accepted::Unix(stream))
             }
+            #[cfg(windows)]
+            Listener::Pipe(_) => Err(io::Error::other(
+                "the IIS pipe takes one connection at a time (iis_pipe::run)",
+            )),
         }
     }
 
@@ -309,6 +322,13 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
+    #[cfg(windows)]
+    let listener = match listener {
+        Listener::Pipe(pipe) => {
+            return super::iis_pipe::run(pipe, front, options, shutdown, grace).await
+        }
+        other => other,
+    };
     let (open, mut closed) = mpsc::channel::<()>(1);
     let mut stop = shutdown.clone();
     loop {
@@ -329,7 +349,12 @@ pub async fn run(
                 continue;
             }
         };
-        let conn = Conn::new(front.clone(), options, peer);
+        let conn = Conn::new(
+            front.clone(),
+            options,
+            peer,
+            PathFrom::ScriptNameAndPathInfo,
+        );
         let open = open.clone();
         let stop = shutdown.clone();
         match accepted {
@@ -396,11 +421,40 @@ enum End {
     Gone,
 }
 
+/// Where a connection's web server puts the request path (without X-Original-URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathFrom {
+    /// CGI's rule: `SCRIPT_NAME` + `PATH_INFO` (nginx, Apache, lighttpd).
+    ScriptNameAndPathInfo,
+    /// IIS's FastCGI module: the whole path in `PATH_INFO` (its `SCRIPT_NAME` repeats it).
+    /// Only the Windows named-pipe door uses it (and the unit tests).
+    #[cfg_attr(not(windows), allow(dead_code))]
+    PathInfo,
+}
+
+/// Serves one connection of IIS's FastCGI module (the named pipe, see
+/// [`super::iis_pipe`]) until IIS closes it or it closes after a request.
+#[cfg(windows)]
+pub(super) async fn serve_iis_connection<R, W>(
+    front: Arc<Front>,
+    options: FastcgiOptions,
+    read: R,
+    write: W,
+    stop: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Conn::new(front, options, None, PathFrom::PathInfo);
+    serve_conn(conn, read, write, stop).await;
+}
+
 /// One web-server connection: its requests by id and its output queue.
 struct Conn {
     front: Arc<Front>,
     options: FastcgiOptions,
     peer: Option<SocketAddr>,
+    path_from: PathFrom,
     slots: Mutex<HashMap<u16, Slot>>,
     /// Fires when a request ends (a draining connection closes once none is left).
     ended: Notify,
@@ -408,11 +462,17 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(front: Arc<Front>, options: FastcgiOptions, peer: Option<SocketAddr>) -> Arc<Conn> {
+    fn new(
+        front: Arc<Front>,
+        options: FastcgiOptions,
+        peer: Option<SocketAddr>,
+        path_from: PathFrom,
+    ) -> Arc<Conn> {
         Arc::new(Conn {
             front,
             options,
             peer,
+            path_from,
             slots: Mutex::new(HashMap::new()),
             ended: Notify::new(),
             out: Mutex::new(None),
@@ -629,7 +689,7 @@ impl Conn {
             .and_then(|pairs| framing::check_cgi_params(pairs).err());
         let prepared = match refusal {
             Some(violation) => Ok(Err(violation)),
-            None => prepare(&self.front, &params, self.peer).map(Ok),
+            None => prepare(&self.front, &params, self.peer, self.path_from).map(Ok),
         };
         let end = match prepared {
             Ok(Err(violation)) => {
@@ -931,7 +991,12 @@ struct Prepared {
 
 /// Turns the web server's parameters into the worker's PARAMS (see the module doc for what
 /// changes) and the request's log identity.
-fn prepare(front: &Front, params: &[u8], peer: Option<SocketAddr>) -> Result<Prepared, FcgiError> {
+fn prepare(
+    front: &Front,
+    params: &[u8],
+    peer: Option<SocketAddr>,
+    path_from: PathFrom,
+) -> Result<Prepared, FcgiError> {
     let pairs = fcgi::parse_name_values(params)?;
     let last = |name: &[u8]| {
         pairs
@@ -1005,7 +1070,7 @@ fn prepare(front: &Front, params: &[u8], peer: Option<SocketAddr>) -> Result<Pre
     }
 
     // The full path: X-Original-URL's (wfastcgi), else the server's SCRIPT_NAME + PATH_INFO
-    // (both already decoded), else the decoded path of REQUEST_URI.
+    // (both already decoded; IIS: PATH_INFO alone), else the decoded path of REQUEST_URI.
     let (full_path, target) = match &resolved.original_url {
         Some(url) => {
             let (path, query) = match url.iter().position(|&b| b == b'?') {
@@ -1018,7 +1083,11 @@ fn prepare(front: &Front, params: &[u8], peer: Option<SocketAddr>) -> Result<Pre
         }
         None => {
             let request_uri = last(b"REQUEST_URI");
-            let full = match (last(b"SCRIPT_NAME"), last(b"PATH_INFO")) {
+            let script_name = match path_from {
+                PathFrom::ScriptNameAndPathInfo => last(b"SCRIPT_NAME"),
+                PathFrom::PathInfo => None,
+            };
+            let full = match (script_name, last(b"PATH_INFO")) {
                 (None, None) => {
                     let uri = request_uri.unwrap_or(b"/");
                     let path = uri.split(|&b| b == b'?').next().unwrap_or_default();

@@ -25,7 +25,8 @@ use windows_sys::Win32::System::Pipes::{
     CreateNamedPipeW, WaitNamedPipeW, PIPE_READMODE_BYTE, PIPE_TYPE_BYTE, PIPE_WAIT,
 };
 use windows_sys::Win32::System::Threading::{
-    OpenProcess, TerminateProcess, WaitForSingleObject, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
+    CreateEventW, OpenProcess, SetEvent, TerminateProcess, WaitForSingleObject,
+    PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
 };
 
 fn wide(s: &str) -> Vec<u16> {
@@ -228,5 +229,41 @@ pub fn connect_pipe(name: &str, timeout: Duration) -> std::io::Result<std::fs::F
             // pipe is between two connections: try again shortly.
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// A manual-reset event whose handle child processes inherit (IIS passes such a handle
+/// number as `_FCGI_SHUTDOWN_EVENT_`).
+pub struct Event(OwnedHandle);
+
+impl Event {
+    pub fn inheritable() -> std::io::Result<Event> {
+        let attrs = SECURITY_ATTRIBUTES {
+            nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+            lpSecurityDescriptor: std::ptr::null_mut(),
+            bInheritHandle: 1,
+        };
+        // SAFETY: valid attributes, no name; manual reset, not signalled.
+        let handle = unsafe { CreateEventW(&attrs, 1, 0, std::ptr::null()) };
+        if handle.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh handle owned by nothing else.
+        Ok(Event(unsafe { OwnedHandle::from_raw_handle(handle as _) }))
+    }
+
+    /// The handle's number, as a child that inherits it sees it.
+    pub fn number(&self) -> usize {
+        use std::os::windows::io::AsRawHandle;
+        self.0.as_raw_handle() as usize
+    }
+
+    pub fn set(&self) -> std::io::Result<()> {
+        use std::os::windows::io::AsRawHandle;
+        // SAFETY: a valid event handle.
+        if unsafe { SetEvent(self.0.as_raw_handle() as HANDLE) } == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 }

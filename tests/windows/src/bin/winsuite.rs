@@ -6,13 +6,14 @@
 //! Every test checks what a Windows user would see: exit codes, files, HTTP answers, the
 //! process list. Waits are for events (a log line, a file, a process ending), each bounded.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use fcgihost_wintest::fcgi;
 use fcgihost_wintest::http::{self, Response};
 use fcgihost_wintest::win;
 
@@ -818,6 +819,186 @@ fn py_change_restarts_workers() -> Outcome {
     Ok(())
 }
 
+/// fcgihost started as IIS's FastCGI module starts it (the wfastcgi one-line swap): a named
+/// pipe's server end as stdin, `_FCGI_SHUTDOWN_EVENT_` naming an inherited event. The IIS
+/// stand-in ([`iis_client`]) talks FastCGI over the pipe; then the event is set and the
+/// host must drain, exit 0 and take its workers along.
+fn fastcgi_named_pipe_like_iis() -> Outcome {
+    let dir = scratch("iis-fastcgi");
+    let name = format!(r"\\.\pipe\fcgihost-winsuite-{}", std::process::id());
+    let pipe = win::create_pipe_server(&name).map_err(|e| format!("CreateNamedPipe: {e}"))?;
+    let event = win::Event::inheritable().map_err(|e| format!("CreateEvent: {e}"))?;
+    let log = dir.join("host.log");
+    let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    let child = Command::new(&env().fcgihost)
+        .arg("serve")
+        .arg("--python")
+        .arg(&env().winworker)
+        .args(["-w", "2"])
+        .current_dir(&dir)
+        .env("_FCGI_SHUTDOWN_EVENT_", event.number().to_string())
+        .stdin(Stdio::from(pipe))
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut host = Host {
+        child,
+        log,
+        addr: None,
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let client_name = name.clone();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(iis_client(&client_name));
+    });
+    let outcome = done_rx
+        .recv_timeout(Duration::from_secs(180))
+        .unwrap_or_else(|_| Err("the FastCGI exchange did not finish within 180 s".into()));
+    if let Err(why) = outcome {
+        return Err(format!("{why}; log:\n{}", host.log_text()));
+    }
+    let log = host.log_text();
+    ensure!(
+        !log.contains("listening on http://"),
+        "an HTTP listener in FastCGI mode:\n{log}"
+    );
+    let workers = host.workers();
+    ensure!(workers.len() == 2, "workers in FastCGI mode: {workers:?}");
+    event.set().map_err(|e| format!("SetEvent: {e}"))?;
+    let code = host.wait_exit(Duration::from_secs(30))?;
+    let log = host.log_text();
+    ensure!(
+        code == 0,
+        "after IIS's shutdown event the host exited {code}:\n{log}"
+    );
+    ensure!(
+        log.contains("IIS shutdown event"),
+        "no drain in the log:\n{log}"
+    );
+    for pid in workers {
+        ensure!(
+            win::wait_exit(pid, Duration::from_secs(15)),
+            "worker {pid} outlived the host"
+        );
+    }
+    Ok(())
+}
+
+/// The CGI parameters IIS's FastCGI module sends for `method path`: the whole path in both
+/// SCRIPT_NAME and PATH_INFO, as IIS does for a `path="*"` handler.
+fn iis_params<'a>(method: &'a str, path: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("REQUEST_METHOD", method),
+        ("SCRIPT_NAME", path),
+        ("PATH_INFO", path),
+        ("URL", path),
+        ("QUERY_STRING", ""),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_SOFTWARE", "Microsoft-IIS/10.0"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("HTTP_HOST", "localhost"),
+        ("GATEWAY_INTERFACE", "CGI/1.1"),
+    ]
+}
+
+/// What IIS does once the process runs: connect to the pipe, 100 requests in sequence on
+/// the connection it keeps (FCGI_KEEP_CONN), a 1 MiB POST, a request without KEEP_CONN
+/// (fcgihost closes, the pipe takes the next connection), and one more after reconnecting.
+fn iis_client(name: &str) -> Outcome {
+    let mut conn =
+        win::connect_pipe(name, Duration::from_secs(30)).map_err(|e| format!("connect: {e}"))?;
+    for i in 0..100u16 {
+        let answer = fcgi::request(&mut conn, 1, true, &iis_params("GET", "/"), &[])
+            .map_err(|e| format!("request {i}: {e}"))?;
+        ensure!(answer.status() == 200, "request {i}: {}", answer.head());
+        ensure!(
+            answer.body().starts_with(b"hello from winworker"),
+            "request {i}: {:?}",
+            String::from_utf8_lossy(answer.body())
+        );
+    }
+    // The worker sees the path once, as PATH_INFO (not SCRIPT_NAME + PATH_INFO).
+    let answer = fcgi::request(&mut conn, 1, true, &iis_params("GET", "/env"), &[])
+        .map_err(|e| format!("GET /env: {e}"))?;
+    let env_text = String::from_utf8_lossy(answer.body()).into_owned();
+    ensure!(
+        env_text.contains("\nPATH_INFO=/env\n") && env_text.contains("\nSCRIPT_NAME=\n"),
+        "the worker's path parameters:\n{env_text}"
+    );
+    let body: Vec<u8> = (0..1024 * 1024u32).map(|i| (i * 13 % 253) as u8).collect();
+    let length = body.len().to_string();
+    let mut post: Vec<(&str, &str)> = iis_params("POST", "/echo");
+    post.push(("CONTENT_LENGTH", &length));
+    post.push(("CONTENT_TYPE", "application/octet-stream"));
+    let answer =
+        fcgi::request(&mut conn, 1, true, &post, &body).map_err(|e| format!("POST: {e}"))?;
+    ensure!(
+        answer.status() == 200 && answer.body() == body.as_slice(),
+        "1 MiB POST came back as {} bytes ({})",
+        answer.body().len(),
+        answer.head()
+    );
+    let answer = fcgi::request(&mut conn, 1, false, &iis_params("GET", "/pid"), &[])
+        .map_err(|e| format!("request without KEEP_CONN: {e}"))?;
+    ensure!(
+        answer.status() == 200,
+        "request without KEEP_CONN: {}",
+        answer.head()
+    );
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    ensure!(rest.is_empty(), "{} bytes after END_REQUEST", rest.len());
+    drop(conn);
+    let mut again =
+        win::connect_pipe(name, Duration::from_secs(30)).map_err(|e| format!("reconnect: {e}"))?;
+    let answer = fcgi::request(&mut again, 1, true, &iis_params("GET", "/"), &[])
+        .map_err(|e| format!("after reconnecting: {e}"))?;
+    ensure!(
+        answer.status() == 200,
+        "after reconnecting: {}",
+        answer.head()
+    );
+    Ok(())
+}
+
+/// A runtime folder in %TEMP% of a host that is gone (its pid is a finished process) is
+/// removed when a host starts; the folder of a live process stays.
+fn stale_temp_folders_of_dead_hosts_are_removed() -> Outcome {
+    let dir = scratch("stale");
+    let finished = Command::new(&env().winworker)
+        .args(["-c", "pass"])
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let dead_pid = finished.id();
+    let mut finished = finished;
+    finished.wait().map_err(|e| e.to_string())?;
+    ensure!(!win::alive(dead_pid), "pid {dead_pid} still runs");
+    let temp = std::env::temp_dir();
+    let stale = temp.join(format!("fcgihost-{dead_pid}-123456"));
+    let live = temp.join(format!("fcgihost-{}-654321", std::process::id()));
+    for folder in [&stale, &live] {
+        std::fs::create_dir_all(folder).map_err(|e| e.to_string())?;
+        std::fs::write(folder.join("fcgihost_worker.py"), "").map_err(|e| e.to_string())?;
+    }
+    let host = http_host(&dir, 1, &[]);
+    let stale_left = stale.exists();
+    let live_left = live.exists();
+    let _ = std::fs::remove_dir_all(&live);
+    let _ = std::fs::remove_dir_all(&stale);
+    let host = host?;
+    ensure!(
+        !stale_left,
+        "{} (pid {dead_pid} is gone) was not removed; log:\n{}",
+        stale.display(),
+        host.log_text()
+    );
+    ensure!(live_left, "{} (a live pid) was removed", live.display());
+    Ok(())
+}
+
 type Test = (&'static str, fn() -> Outcome);
 
 const TESTS: &[Test] = &[
@@ -870,6 +1051,11 @@ const TESTS: &[Test] = &[
         ptvsd_refuses_without_the_secret,
     ),
     ("py_change_restarts_workers", py_change_restarts_workers),
+    ("fastcgi_named_pipe_like_iis", fastcgi_named_pipe_like_iis),
+    (
+        "stale_temp_folders_of_dead_hosts_are_removed",
+        stale_temp_folders_of_dead_hosts_are_removed,
+    ),
 ];
 
 fn main() {
