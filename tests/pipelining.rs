@@ -198,8 +198,10 @@ fn no_request_goes_behind_one_that_has_run_past_pipeline_window() {
     let host = one_worker("pipeline_window = \"200ms\"\n");
     host.wait_workers(1, T);
     let head = hold_worker(&host, "head");
+    // `active_ms` counts from the request's dispatch to the worker; `running_ms` counts
+    // from its arrival, which can be earlier (the worker may still have been starting).
     wait_status(&host, "the running request should pass the window", |d| {
-        d["workers"][0]["current"]["running_ms"]
+        d["workers"][0]["current"]["active_ms"]
             .as_u64()
             .is_some_and(|ms| ms > 400)
     });
