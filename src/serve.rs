@@ -117,6 +117,14 @@ pub async fn serve(loaded: Loaded, cli: CliOverrides) -> Result<(), Error> {
         );
         front = front.with_debug_proxy(Arc::new(proxy));
     }
+    // The ASP.NET Core Module (out-of-process) sets ASPNETCORE_TOKEN with ASPNETCORE_PORT.
+    if let Some(token) = std::env::var("ASPNETCORE_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        tracing::info!("ASPNETCORE_TOKEN is set: only requests carrying it (from the ASP.NET Core Module) are answered");
+        front = front.with_pairing_token(&token);
+    }
     let front = Arc::new(front);
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = config.graceful_timeout;

@@ -76,7 +76,13 @@ pub struct Front {
     health: Option<HealthCheck>,
     /// The access log and request metrics.
     access: Arc<AccessLog>,
+    /// The ASP.NET Core Module's pairing token (`ASPNETCORE_TOKEN`): only requests whose
+    /// `MS-ASPNETCORE-TOKEN` header matches are answered.
+    pairing_token: Option<Arc<[u8]>>,
 }
+
+/// The header that carries the ASP.NET Core Module's pairing token.
+const PAIRING_HEADER: &str = "ms-aspnetcore-token";
 
 impl Front {
     /// Creates the router over `pool`.
@@ -94,7 +100,41 @@ impl Front {
             status: None,
             health: None,
             access,
+            pairing_token: None,
         }
+    }
+
+    /// Answers only requests carrying `token` in `MS-ASPNETCORE-TOKEN` (what Kestrel does
+    /// behind the ASP.NET Core Module: nothing but IIS can reach the host); the header is
+    /// removed before the request goes on.
+    pub fn with_pairing_token(mut self, token: &str) -> Self {
+        self.pairing_token = Some(Arc::from(token.as_bytes()));
+        self
+    }
+
+    /// 400 when a pairing token is set and the request does not carry it (compared in
+    /// constant time; the log names the client, never a token).
+    fn unpaired(
+        &self,
+        req: &Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Option<Response<ResponseBody>> {
+        use subtle::ConstantTimeEq;
+        let token = self.pairing_token.as_ref()?;
+        let presented = req.headers().get(PAIRING_HEADER).map(HeaderValue::as_bytes);
+        if presented.is_some_and(|p| bool::from(p.ct_eq(token))) {
+            return None;
+        }
+        tracing::warn!(
+            %remote,
+            path = req.uri().path(),
+            present = presented.is_some(),
+            "request without the ASP.NET Core Module's pairing token refused (400)"
+        );
+        Some(pages::refused(
+            StatusCode::BAD_REQUEST,
+            "the MS-ASPNETCORE-TOKEN header is missing or does not match",
+        ))
     }
 
     /// Uses `access` for the access log and the request metrics (its `log.access` setting
@@ -143,6 +183,11 @@ impl Front {
             Ok(routing) => return self.answer_itself(req, remote, routing),
             Err(violation) => return self.refuse(req, remote, peer, violation),
         }
+        if let Some(response) = self.unpaired(&req, remote) {
+            return response;
+        }
+        let mut req = req;
+        req.headers_mut().remove(PAIRING_HEADER);
         if let Some(health) = self.health.as_ref().filter(|h| h.owns(req.uri().path())) {
             return health.handle();
         }

@@ -94,7 +94,7 @@ struct Host {
 struct HostOpts<'a> {
     args: Vec<&'a str>,
     vars: Vec<(&'a str, String)>,
-    /// Wait for this many workers in the process list before returning.
+    /// Wait for `worker ready` in the log this many times before returning.
     workers: usize,
     /// Expect an HTTP listener (false for the FastCGI pipe mode).
     http: bool,
@@ -999,6 +999,61 @@ fn stale_temp_folders_of_dead_hosts_are_removed() -> Outcome {
     Ok(())
 }
 
+/// Started as the ASP.NET Core Module (out-of-process) starts it: `ASPNETCORE_PORT` and
+/// `ASPNETCORE_TOKEN` set; only requests carrying the token are answered.
+fn aspnetcore_module_port_and_token() -> Outcome {
+    let dir = scratch("aspnetcore");
+    let port = free_port();
+    let token = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+    let host = Host::start(
+        &dir,
+        HostOpts {
+            args: vec!["-w", "1"],
+            vars: vec![
+                ("ASPNETCORE_PORT", port.to_string()),
+                ("ASPNETCORE_TOKEN", token.to_string()),
+            ],
+            workers: 1,
+            http: true,
+        },
+    )?;
+    ensure!(
+        host.addr().port() == port,
+        "listens on {} instead of %ASPNETCORE_PORT%",
+        host.addr()
+    );
+    let timeout = Duration::from_secs(30);
+    let paired = http::request(
+        host.addr(),
+        "GET",
+        "/env",
+        &[("MS-ASPNETCORE-TOKEN", token)],
+        &[],
+        timeout,
+    )
+    .map_err(|e| e.to_string())?;
+    ensure!(paired.status == 200, "with the token: {}", paired.status);
+    ensure!(
+        !paired.text().contains(token),
+        "the app saw the token:\n{}",
+        paired.text()
+    );
+    let r = http::request(host.addr(), "GET", "/", &[], &[], timeout).map_err(|e| e.to_string())?;
+    ensure!(r.status == 400, "without the token: {}", r.status);
+    let r = http::request(
+        host.addr(),
+        "GET",
+        "/",
+        &[("MS-ASPNETCORE-TOKEN", "wrong")],
+        &[],
+        timeout,
+    )
+    .map_err(|e| e.to_string())?;
+    ensure!(r.status == 400, "with a wrong token: {}", r.status);
+    ensure!(!host.log_text().contains(token), "the token is in the log");
+    Ok(())
+}
+
 type Test = (&'static str, fn() -> Outcome);
 
 const TESTS: &[Test] = &[
@@ -1052,6 +1107,10 @@ const TESTS: &[Test] = &[
     ),
     ("py_change_restarts_workers", py_change_restarts_workers),
     ("fastcgi_named_pipe_like_iis", fastcgi_named_pipe_like_iis),
+    (
+        "aspnetcore_module_port_and_token",
+        aspnetcore_module_port_and_token,
+    ),
     (
         "stale_temp_folders_of_dead_hosts_are_removed",
         stale_temp_folders_of_dead_hosts_are_removed,
