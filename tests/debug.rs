@@ -125,9 +125,7 @@ async fn breakpoint_round(host: &Host, client_id: &str, hold: Duration) -> DapCl
     assert!(!req.is_finished(), "the paused request finished early");
     assert!(!host.log().contains("request timed out"), "{}", host.log());
 
-    dap.call("continue", json!({"threadId": thread})).await;
-    let resp = req.await.unwrap();
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = dap.resume_held(thread, req).await;
     assert_eq!(resp.text(), format!("pid={pid} total=6"));
     assert_eq!(
         get(host.url("/pid")).await.text(),
@@ -194,9 +192,7 @@ async fn with_threads_an_all_threads_stop_pauses_every_request_on_the_worker() {
     // Held past both requests' 2 s: debugpy stopped every thread, so both clocks stand.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(!host.log().contains("request timed out"), "{}", host.log());
-    dap.call("continue", json!({"threadId": thread})).await;
-    let resp = req.await.unwrap();
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    dap.resume_held(thread, req).await;
     let n = neighbour.await.unwrap();
     assert_eq!(n.status, 200, "neighbour: {}", n.text());
     assert_eq!(n.text(), "slept");
@@ -232,9 +228,7 @@ async fn stepping_and_a_second_breakpoint_in_the_same_request() {
     assert_eq!(dap.top_frame(thread).await.0, marker_line(&file, "second"));
     assert!(!req.is_finished());
 
-    dap.call("continue", json!({"threadId": thread})).await;
-    let resp = req.await.unwrap();
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = dap.resume_held(thread, req).await;
     assert!(resp.text().ends_with("total=6"));
     dap.disconnect().await;
 }
@@ -265,9 +259,7 @@ async fn client_vanishing_while_paused_releases_the_request_and_a_new_client_can
         dap.top_frame(thread).await.0,
         marker_line(&debugapp_file(), "second")
     );
-    dap.call("continue", json!({"threadId": thread})).await;
-    let resp = req.await.unwrap();
-    assert_eq!(resp.status, 200);
+    let resp = dap.resume_held(thread, req).await;
     assert_eq!(resp.text(), format!("pid={pid} total=6"));
     dap.disconnect().await;
 }
@@ -321,9 +313,7 @@ async fn wait_for_attach_holds_the_first_request_for_the_debugger() {
         dap.top_frame(thread).await.0,
         marker_line(&debugapp_file(), "first")
     );
-    dap.call("continue", json!({"threadId": thread})).await;
-    let resp = req.await.unwrap();
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    dap.resume_held(thread, req).await;
     dap.disconnect().await;
 }
 
@@ -554,9 +544,7 @@ async fn breakpoint_session_through_fcgihost_attach() {
         !req.is_finished(),
         "the request ran past its 2 s timeout while paused"
     );
-    dap.call("continue", json!({"threadId": thread})).await;
-    let resp = req.await.unwrap();
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = dap.resume_held(thread, req).await;
     assert_eq!(resp.text(), format!("pid={pid} total=6"));
     dap.disconnect().await;
     host.wait_for_log("debugger detached", LOG_WAIT);

@@ -23,7 +23,7 @@ use common::dap::{marker_line, DapClient};
 use common::fronts::{fastcgi_addr, parse_fastcgi_addr, Front, Nginx};
 use common::{
     agent, app_dir, bin, cookie_header, form_encode, python, request, request_with,
-    require_python_module, wait_until, Host, HostOpts, Resp,
+    require_python_module, wait_until, Host, HostOpts,
 };
 use fcgihost::gateway::fcgi::{
     self, parse_name_values, EndRequest, ParamsWriter, ProtocolStatus, Record, RecordDecoder,
@@ -1154,9 +1154,7 @@ async fn nginx_proxy_pass_carries_a_ptvsd_debug_session() {
     // proxy_read_timeout is far above it.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!req.is_finished(), "the paused request finished early");
-    dap.call("continue", json!({"threadId": thread})).await;
-    let resp: Resp = req.await.unwrap();
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = dap.resume_held(thread, req).await;
     assert!(resp.text().ends_with("total=6"), "{}", resp.text());
     dap.disconnect().await;
     host.wait_for_log("debugger detached", WAIT);

@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::dap::{debugapp_file, marker_line, AttachProcess, DapClient};
 use common::fronts::{Front, Nginx};
 use common::*;
-use serde_json::json;
 
 const SECRET: &str = "inst-Secret_0123456789xyz";
 const T: Duration = Duration::from_secs(30);
@@ -137,9 +136,7 @@ async fn attach_instance_b_through_a_cookie_balancer_stops_only_bs_requests() {
     assert_eq!(on_a.text(), format!("pid={pid_a} total=6"));
     assert!(!held.is_finished(), "B's request was not held");
 
-    dap.call("continue", json!({ "threadId": thread })).await;
-    let resp = held.await.unwrap();
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = dap.resume_held(thread, held).await;
     assert_eq!(resp.text(), format!("pid={pid_b} total=6"));
     dap.disconnect().await;
     b.wait_for_log("debugger detached", T);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::dap::{basic_auth, marker_line, DapClient};
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 const STATUS: &str = "/_fcgihost/status";
@@ -358,9 +358,7 @@ async fn a_paused_worker_shows_paused_and_is_never_dumped_or_killed() {
         .unwrap();
     assert_eq!(allowed.status, 200, "{}", allowed.text());
 
-    dap.call("continue", json!({"threadId": thread})).await;
-    let resp = req.await.unwrap();
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    dap.resume_held(thread, req).await;
     dap.disconnect().await;
 }
 

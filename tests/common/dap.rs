@@ -285,6 +285,19 @@ impl DapClient {
     }
 
     /// Waits for a `stopped` event; returns (thread id, reason).
+    /// Resumes the stopped `thread` and waits for the request its breakpoint held, which
+    /// must then answer 200.
+    pub async fn resume_held(
+        &mut self,
+        thread: i64,
+        held: tokio::task::JoinHandle<super::Resp>,
+    ) -> super::Resp {
+        self.call("continue", json!({ "threadId": thread })).await;
+        let resp = held.await.expect("the held request's task");
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp
+    }
+
     pub async fn stopped(&mut self) -> (i64, String) {
         let ev = self.event("stopped").await;
         let thread = ev["body"]["threadId"]
