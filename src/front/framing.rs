@@ -430,6 +430,10 @@ impl StreamScanner {
 
     /// Buffers head bytes; at the head's end judges it and returns the bytes after it.
     fn feed_head<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
+        let bytes = self.skip_empty_lines(bytes);
+        if bytes.is_empty() {
+            return bytes;
+        }
         let old = self.head.len();
         let room = (self.max_head + 1).saturating_sub(old);
         let take = bytes.len().min(room);
@@ -467,6 +471,27 @@ impl StreamScanner {
         self.scan = if refused { Scan::Stopped } else { next };
         // The bytes after the head in this read: `unused` of the buffered ones came from it.
         &bytes[take - unused.min(take)..]
+    }
+
+    /// Drops the empty lines a client may send before a request-line (RFC 9112 §2.2; hyper's
+    /// parser skips them the same way: CRLF or a bare LF), so that they are not taken for the
+    /// end of a head. A lone CR is kept until the next byte says whether an LF follows it.
+    fn skip_empty_lines<'a>(&mut self, mut bytes: &'a [u8]) -> &'a [u8] {
+        loop {
+            match (self.head.as_slice(), bytes) {
+                ([], [b'\n', rest @ ..])
+                | ([], [b'\r', b'\n', rest @ ..])
+                | ([b'\r'], [b'\n', rest @ ..]) => {
+                    self.head.clear();
+                    bytes = rest;
+                }
+                ([], [b'\r']) => {
+                    self.head.push(b'\r');
+                    return &[];
+                }
+                _ => return bytes,
+            }
+        }
     }
 
     fn stop(&mut self) {
@@ -725,6 +750,26 @@ GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
         assert!(whole.iter().all(|v| v.violation.is_none()));
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(scan(&bytes).0, whole);
+    }
+
+    #[test]
+    fn empty_lines_before_a_request_line_are_not_a_head() {
+        // A head after leading empty lines is judged however the stream is split, and one
+        // that hyper refuses (a control character in the method) stops the scanner either way.
+        let good: &[u8] = b"\r\n\nGET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let bad: &[u8] = b"\r\n\r\nE\x01\x04G / HTTP/1.1\r\n\r\n";
+        let unfinished: &[u8] = b"\r\n\r\nE\x01\x04G";
+        for stream in [good, bad, unfinished] {
+            let whole = scan(&[stream]);
+            let pieces: Vec<&[u8]> = stream.chunks(1).collect();
+            assert_eq!(scan(&pieces), whole, "{stream:?}");
+        }
+        let (v, stopped) = scan(&[good]);
+        assert!(!stopped);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].method, "GET");
+        assert!(v[0].violation.is_none());
+        assert!(scan(&[bad]).1);
     }
 
     #[test]
